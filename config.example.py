@@ -1,0 +1,33 @@
+"""Configuration template. Copy to ``config.py`` (git-ignored) and edit.
+
+Every value can also be overridden by an environment variable named in
+brackets; ``python3 run.py`` options override both.
+"""
+
+# Upstox access token [UPSTOX_ACCESS_TOKEN]. Empty: the built-in simulator feeds
+# the system. The token is never logged, stored in DuckDB or sent to the browser.
+ACCESS_TOKEN = ""
+
+# Instruments to watch, as Upstox instrument keys.
+WATCHLIST = ["NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank"]
+
+# DuckDB file that the ingestor owns (ticks, 1-minute candles) [AMT_DUCKDB_PATH].
+DUCKDB_PATH = "data/market.duckdb"
+
+# ZeroMQ bus: publishers connect to BUS_PUB (the proxy's XSUB side), subscribers
+# to BUS_SUB (its XPUB side) [AMT_BUS_PUB, AMT_BUS_SUB]. Loopback only by default.
+BUS_PUB = "tcp://127.0.0.1:5555"
+BUS_SUB = "tcp://127.0.0.1:5556"
+
+# Browser UI and API [AMT_API_HOST, AMT_API_PORT].
+API_HOST = "127.0.0.1"
+API_PORT = 8000
+
+# Strategy definitions [AMT_STRATEGIES].
+STRATEGIES_PATH = "configs/strategies.json"
+
+# Service logs, rotated at 5 MB x 3 files [AMT_LOG_DIR].
+LOG_DIR = "logs"
+
+# Seed of the built-in simulator, so a demo is repeatable [AMT_SIM_SEED].
+SIM_SEED = 7

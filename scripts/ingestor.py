@@ -1,0 +1,198 @@
+"""The ingestor: takes ticks from a feed source, publishes each on the bus, builds 1-minute
+candles, and persists both to DuckDB in Arrow batches.
+
+Feeds: ``--replay PATH`` (recorded files, see ``data_handling/replay.py``), the seeded
+simulator (default when no access token is configured), or Upstox (issue #4).
+A replay that reaches its end stays up (status ``finished``) so the supervisor does not
+replay it again; a restarted replay with the same ``AMT_RUN_ID`` resumes after the last
+persisted tick.
+
+Run by ``run.py``; alone: ``python3 scripts/ingestor.py --replay FILE --speed 0``
+(needs the bus, ``python3 scripts/bus.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_handling.candles import CandleBuilder  # noqa: E402
+from scripts import service  # noqa: E402
+from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
+from trading_core.bus import BusClient  # noqa: E402
+
+SERVICE = "ingestor"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--feed", choices=["auto", "sim", "replay", "upstox"], default="auto")
+    p.add_argument("--replay", metavar="PATH", help="recorded file or folder to replay")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    p.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
+                   help="replay only this IST trading date (repeatable)")
+    p.add_argument("--run-id", default=os.environ.get("AMT_RUN_ID") or f"run-{int(time.time())}",
+                   help="feed run id; a restart with the same id resumes a replay")
+    return p.parse_args(argv)
+
+
+def choose_feed(args: argparse.Namespace, settings: settings_mod.Settings) -> str:
+    """Resolve ``--feed auto``: replay if ``--replay``, upstox if a token is set, else sim."""
+    if args.feed != "auto":
+        return args.feed
+    if args.replay:
+        return "replay"
+    return "upstox" if settings.access_token else "sim"
+
+
+def make_source(feed: str, args: argparse.Namespace, settings: settings_mod.Settings,
+                sleep) -> object:
+    """Build the feed source. Raises ValueError / FileNotFoundError with a one-line message."""
+    if feed == "replay":
+        from data_handling.replay import ReplaySource
+        if not args.replay:
+            raise ValueError("--feed replay needs --replay PATH")
+        return ReplaySource(args.replay, speed=args.speed, dates=args.date or None, sleep=sleep)
+    if feed == "sim":
+        from data_handling.simulator import SimulatedSource
+        return SimulatedSource(list(settings.watchlist), seed=settings.sim_seed, speed=args.speed,
+                               sleep=sleep)
+    raise ValueError("the Upstox live feed is not available in this version (issue #4); "
+                     "remove ACCESS_TOKEN / UPSTOX_ACCESS_TOKEN to run the simulator, or use --replay")
+
+
+class Counters:
+    """Numbers the health thread reports; written by the feed thread only."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.candles = 0
+        self.last_tick_ts = 0
+        self.last_tick_wall_ms = 0
+        self.total: int | None = None
+        self.status = "starting"
+
+
+def health_loop(settings, counters: Counters, writer: persistence.BatchWriter, feed: str,
+                stop: threading.Event) -> None:
+    """Publish ``health.ingestor`` once a second from its own socket (ZeroMQ sockets are per thread)."""
+    bus = BusClient(settings.bus_pub, settings.bus_sub)
+    reporter = service.HealthReporter(bus, SERVICE)
+    try:
+        while not stop.is_set():
+            reporter.send(counters.status, feed=feed, ticks_published=counters.published,
+                          ticks_written=writer.rows_written, candles=counters.candles,
+                          replay_total=counters.total, last_tick_ts=counters.last_tick_ts,
+                          last_tick_wall_ms=counters.last_tick_wall_ms,
+                          last_flush_ms=round(writer.last_flush_ms, 3))
+            stop.wait(1.0)
+        reporter.send("stopping", ticks_published=counters.published, ticks_written=writer.rows_written)
+    finally:
+        bus.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_mod.load()
+    log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
+    service.die_with_parent()
+    stopping = service.stop_on_signals(lambda: None)
+    sleep = lambda seconds: stopping.wait(seconds)  # noqa: E731  (wakes at once on SIGTERM)
+
+    feed = choose_feed(args, settings)
+    try:
+        source = make_source(feed, args, settings, sleep)
+        con = persistence.connect(settings.duckdb_path)
+    except (ValueError, FileNotFoundError, persistence.DatabaseLockedError) as exc:
+        service.fatal(log, f"ingestor: {exc}")
+
+    start_seq = persistence.start_run(con, args.run_id, feed, str(args.replay or ""))
+    builder = CandleBuilder("1m")
+    counters = Counters()
+    if feed == "replay":
+        counters.total = len(source)
+        if start_seq == 0:
+            frame = source.frame()
+            if len(frame):
+                deleted = persistence.clear_replayed_range(
+                    con, frame["instrument_key"].unique().to_list(),
+                    int(frame["ts"].min()), int(frame["ts"].max()))
+                if deleted:
+                    log.info("replaced %d ticks of an earlier replay of the same range", deleted)
+        else:
+            for tick in persistence.forming_ticks(con, "replay"):
+                builder.update(tick)
+            log.info("resuming replay run %s at tick %d of %d", args.run_id, start_seq, len(source))
+    writer = persistence.BatchWriter(con, args.run_id, feed)
+
+    bus = BusClient(settings.bus_pub, settings.bus_sub)
+    if not bus.wait_ready(15):
+        log.warning("bus at %s did not answer within 15 s; publishing anyway", settings.bus_pub)
+    health_stop = threading.Event()
+    health = threading.Thread(target=health_loop, args=(settings, counters, writer, feed, health_stop),
+                              name="health", daemon=True)
+    health.start()
+
+    log.info("feed %s started%s", feed,
+             f": {counters.total} ticks from {args.replay} at speed {args.speed:g}"
+             if feed == "replay" else f" (speed {args.speed:g})")
+    counters.status = "running"
+    publish = bus.publish_raw
+    encode = m.encode
+    tick_topic = m.tick_topic
+    seq_offset = start_seq if feed == "sim" else 0
+    ticks = source.ticks(start_seq) if feed == "replay" else source.ticks()
+    try:
+        for tick in ticks:
+            if stopping.is_set():
+                break
+            if seq_offset:
+                tick.seq += seq_offset
+            publish(encode(tick_topic(tick.instrument_key), tick))
+            writer.add_tick(tick)
+            for candle in builder.update(tick):
+                publish(encode(m.candle_topic(candle.instrument_key), candle))
+                writer.add_candle(candle)
+                counters.candles += 1
+            counters.published += 1
+            counters.last_tick_ts = tick.ts
+            if counters.published & 255 == 0:
+                counters.last_tick_wall_ms = int(time.time() * 1000)
+                writer.maybe_handover()
+        else:
+            for candle in builder.flush():
+                publish(encode(m.candle_topic(candle.instrument_key), candle))
+                writer.add_candle(candle)
+                counters.candles += 1
+            writer.handover()
+            if feed == "replay":
+                persistence.finish_run(con, args.run_id)
+            counters.status = "finished"
+            log.info("feed %s finished: %d ticks, %d candles", feed, counters.published, counters.candles)
+            while not stopping.is_set():
+                writer.maybe_handover()
+                stopping.wait(0.5)
+        counters.status = "stopping"
+        if feed != "replay":
+            # A live or simulated feed stops mid-bar: record the partial bar too.
+            for candle in builder.flush():
+                writer.add_candle(candle)
+    finally:
+        writer.close()
+        health_stop.set()
+        health.join(timeout=2)
+        bus.close()
+        con.close()
+    log.info("stopped: %d ticks published, %d written to %s", counters.published, writer.rows_written,
+             settings.duckdb_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""DuckDB persistence: batched writes lose nothing, resume and replace rules, lock errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from trading_core import messages as m, persistence
+
+
+def ticks(n: int, key: str = "NSE_FO|NIFTY-I", start_ts: int = 1_668_743_100_000, source="replay"):
+    return [m.Tick(instrument_key=key, ts=start_ts + i * 250, ltp=18400 + i * 0.05, ltq=50, oi=1e7,
+                   seq=i, source=source) for i in range(n)]
+
+
+def test_every_tick_written_including_last_partial_batch(tmp_path):
+    con = persistence.connect(tmp_path / "t.duckdb")
+    assert persistence.start_run(con, "r1", "replay", "x") == 0
+    writer = persistence.BatchWriter(con, "r1", "replay", max_rows=1000)
+    data = ticks(2_345)
+    for t in data:
+        writer.add_tick(t)
+    writer.close()
+    rows = con.execute("SELECT instrument_key, ts, ltp, ltq, oi, seq, source FROM ticks ORDER BY seq").fetchall()
+    assert rows == [(t.instrument_key, t.ts, t.ltp, t.ltq, t.oi, t.seq, t.source) for t in data]
+    assert con.execute("SELECT last_seq FROM feed_runs").fetchone()[0] == 2_344
+    assert persistence.start_run(con, "r1", "replay", "x") == 2_345  # a restart resumes after it
+
+
+def test_forming_bar_ticks_are_recovered_for_a_resumed_replay(tmp_path):
+    con = persistence.connect(tmp_path / "t.duckdb")
+    persistence.start_run(con, "r1", "replay", "x")
+    writer = persistence.BatchWriter(con, "r1", "replay")
+    data = ticks(300)  # 75 s of ticks: one closed minute, one forming
+    for t in data:
+        writer.add_tick(t)
+    first = data[0].ts // 60_000 * 60_000
+    writer.add_candle(m.Candle(instrument_key=data[0].instrument_key, interval="1m", ts=first, open=1,
+                               high=1, low=1, close=1))
+    writer.close()
+    forming = persistence.forming_ticks(con, "replay")
+    assert forming == [t for t in data if t.ts >= first + 60_000]
+
+
+def test_replaying_a_range_again_replaces_only_replay_rows(tmp_path):
+    con = persistence.connect(tmp_path / "t.duckdb")
+    for run, source in (("a", "replay"), ("b", "sim")):
+        persistence.start_run(con, run, source, "")
+        w = persistence.BatchWriter(con, run, source)
+        for t in ticks(100, source=source):
+            w.add_tick(t)
+        w.close()
+    data = ticks(100)
+    deleted = persistence.clear_replayed_range(con, ["NSE_FO|NIFTY-I"], data[0].ts, data[-1].ts)
+    assert deleted == 100
+    assert con.execute("SELECT source, count(*) FROM ticks GROUP BY ALL").fetchall() == [("sim", 100)]
+
+
+def test_ist_views(tmp_path):
+    con = persistence.connect(tmp_path / "t.duckdb")
+    persistence.start_run(con, "r", "replay", "")
+    w = persistence.BatchWriter(con, "r", "replay")
+    w.add_tick(m.Tick(instrument_key="K", ts=1_668_743_100_000, ltp=1.0))  # 2022-11-18 03:45 UTC
+    w.close()
+    got = con.execute("SELECT time_ist::VARCHAR, date_ist::VARCHAR FROM ticks_ist").fetchone()
+    assert got == ("2022-11-18 09:15:00", "2022-11-18")
+
+
+def test_locked_file_names_the_holder(tmp_path):
+    db = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,time; c=duckdb.connect({str(db)!r}); "
+                               "print('ok', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(persistence.DatabaseLockedError) as err:
+            persistence.check_writable(db)
+    finally:
+        holder.kill()
+        holder.wait()
+    text = str(err.value)
+    assert "\n" not in text and str(db) in text and f"PID {holder.pid}" in text

@@ -1,0 +1,154 @@
+"""The ZeroMQ message bus: an XSUB/XPUB proxy and the client every service uses.
+
+Publishers connect a PUB socket to the proxy's XSUB endpoint (``BUS_PUB``);
+subscribers connect a SUB socket to its XPUB endpoint (``BUS_SUB``) and filter
+by topic prefix. Frames are single-part, see :mod:`trading_core.messages`.
+
+A PUB socket silently drops messages until the subscriptions of downstream
+subscribers have reached it ("slow joiner"). :meth:`BusClient.wait_ready`
+closes that window by sending a probe through the proxy until it comes back.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+import uuid
+from typing import Iterable
+
+import msgspec
+import zmq
+
+from trading_core import messages as m
+
+msgspec_json_encode = msgspec.json.Encoder().encode
+
+# High-water marks, in messages. Large so that a full-speed replay of a busy
+# day (millions of ticks) queues instead of dropping at a momentarily slow reader.
+HWM = 2_000_000
+PROBE_PREFIX = "health.__probe__."
+
+
+def _tune(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.LINGER, 2000)
+
+
+def run_proxy(pub_endpoint: str, sub_endpoint: str, context: zmq.Context | None = None) -> None:
+    """Bind XSUB on ``pub_endpoint`` and XPUB on ``sub_endpoint`` and forward until the context ends.
+
+    Raises ``zmq.ZMQError`` (``EADDRINUSE``) when an endpoint is taken.
+    """
+    ctx = context or zmq.Context.instance()
+    xsub = ctx.socket(zmq.XSUB)
+    xpub = ctx.socket(zmq.XPUB)
+    for sock in (xsub, xpub):
+        _tune(sock)
+    xsub.bind(pub_endpoint)
+    xpub.bind(sub_endpoint)
+    try:
+        zmq.proxy(xsub, xpub)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        xsub.close(0)
+        xpub.close(0)
+
+
+class BusClient:
+    """One service's connection to the bus: a PUB and (if ``subscriptions``) a SUB socket.
+
+    ``subscriptions``: topic prefixes (str) or exact-topic bytes from
+    :func:`trading_core.messages.exact`. Not thread-safe: use from one thread.
+    """
+
+    def __init__(self, pub_endpoint: str, sub_endpoint: str,
+                 subscriptions: Iterable[str | bytes] = (), context: zmq.Context | None = None):
+        self.ctx = context or zmq.Context.instance()
+        self.sub_endpoint = sub_endpoint
+        self.pub = self.ctx.socket(zmq.PUB)
+        _tune(self.pub)
+        self.pub.connect(pub_endpoint)
+        self.sub = self.ctx.socket(zmq.SUB)
+        _tune(self.sub)
+        self.sub.connect(sub_endpoint)
+        for prefix in subscriptions:
+            self.subscribe(prefix)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sub, zmq.POLLIN)
+        self.published = 0
+        self._pending: collections.deque[bytes] = collections.deque()
+
+    def subscribe(self, prefix: str | bytes) -> None:
+        """Receive every topic starting with ``prefix``."""
+        self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode() if isinstance(prefix, str) else prefix)
+
+    def publish(self, topic: str, message: m.Message) -> None:
+        """Send ``message`` on ``topic`` (never blocks; see :data:`HWM`)."""
+        self.pub.send(m.encode(topic, message), copy=False)
+        self.published += 1
+
+    def publish_raw(self, frame: bytes) -> None:
+        """Send an already encoded frame."""
+        self.pub.send(frame, copy=False)
+        self.published += 1
+
+    def recv_raw(self, timeout_ms: int | None = None) -> bytes | None:
+        """Next frame, or ``None`` after ``timeout_ms`` (``None`` waits forever)."""
+        if self._pending:
+            return self._pending.popleft()
+        if timeout_ms is not None and not self._poller.poll(timeout_ms):
+            return None
+        return self.sub.recv(copy=True)
+
+    def recv(self, timeout_ms: int | None = None) -> tuple[str, m.AnyMessage] | None:
+        """Next decoded ``(topic, message)``, or ``None`` on timeout.
+
+        Raises ``ValueError`` on a frame that does not decode.
+        """
+        frame = self.recv_raw(timeout_ms)
+        if frame is None:
+            return None
+        return m.decode(frame)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> bool:
+        """Block until a probe published here comes back through the proxy to our SUB socket.
+
+        Afterwards our subscriptions are active at the proxy (they travel the
+        same pipe as the probe's, ahead of it) and the proxy has passed every
+        current subscriber's interest to our PUB socket, so nothing we publish
+        is dropped for lack of a subscription. Data frames that arrive while
+        waiting are kept for :meth:`recv`. Returns False on timeout.
+        """
+        topic = f"{PROBE_PREFIX}{os.getpid()}.{uuid.uuid4().hex[:8]}".encode()
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        probe = m.Health(service="probe", pid=os.getpid(), status="probe", ts=0)
+        frame = topic + m.SEPARATOR + msgspec_json_encode(probe)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                self.pub.send(frame)
+                end = time.monotonic() + 0.05
+                while (left := end - time.monotonic()) > 0:
+                    if not self._poller.poll(max(1, int(left * 1000))):
+                        break
+                    got = self.sub.recv()
+                    if got.startswith(topic):
+                        return True
+                    if not got.startswith(PROBE_PREFIX.encode()):
+                        self._pending.append(got)
+            return False
+        finally:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def close(self) -> None:
+        """Close both sockets, waiting up to 2 s for queued messages to leave."""
+        self.pub.close()
+        self.sub.close(0)
+
+
+def now_ms() -> int:
+    """Wall-clock time, epoch ms UTC."""
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,250 @@
+"""Every topic name and every message type on the bus, in one place.
+
+Wire format
+-----------
+One ZeroMQ frame per message: ``topic + b"\\x00" + payload``. The payload is
+JSON (``msgspec.json``) of one of the structs below; each carries ``type`` (the
+tag) and ``v`` (the schema version, :data:`SCHEMA_VERSION`). A single frame is
+used rather than multipart because pyzmq's per-call cost makes multipart about
+5x slower (see ``benchmarks/``).
+
+The NUL after the topic lets a subscriber filter on an *exact* instrument:
+subscribing to ``b"tick.NSE_INDEX|Nifty 50\\x00"`` does not also match
+``Nifty 500``. Subscribing to a bare prefix (``b"tick."``) gets every tick.
+
+Units everywhere: prices in rupees (float), quantities in units (not lots),
+timestamps ``ts`` as epoch milliseconds UTC (int); the UI displays them in
+Asia/Kolkata (IST, UTC+05:30, no DST).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+SEPARATOR = b"\x00"
+
+# --- topic names -----------------------------------------------------------
+TICK = "tick"                # tick.<instrument_key>
+CANDLE = "candle"            # candle.<interval>.<instrument_key>, interval "1m"
+SIGNAL = "signal"            # signal.<strategy>
+HEALTH = "health"            # health.<service>
+CONTROL = "control"          # control.<service>
+PROFILE = "profile"          # profile.<instrument_key>
+
+
+def tick_topic(instrument_key: str) -> str:
+    """Topic of the ticks of one instrument, e.g. ``tick.NSE_INDEX|Nifty 50``."""
+    return f"{TICK}.{instrument_key}"
+
+
+def candle_topic(instrument_key: str, interval: str = "1m") -> str:
+    """Topic of closed candles of one instrument, e.g. ``candle.1m.NSE_INDEX|Nifty 50``."""
+    return f"{CANDLE}.{interval}.{instrument_key}"
+
+
+def signal_topic(strategy: str) -> str:
+    """Topic of the signals of one strategy instance, e.g. ``signal.ib_breakout_nifty``."""
+    return f"{SIGNAL}.{strategy}"
+
+
+def health_topic(service: str) -> str:
+    """Topic of the health reports of one service, e.g. ``health.ingestor``."""
+    return f"{HEALTH}.{service}"
+
+
+def control_topic(service: str) -> str:
+    """Topic of control commands addressed to one service, e.g. ``control.strategy_manager``."""
+    return f"{CONTROL}.{service}"
+
+
+def profile_topic(instrument_key: str) -> str:
+    """Topic of Market Profile updates of one instrument."""
+    return f"{PROFILE}.{instrument_key}"
+
+
+def exact(topic: str) -> bytes:
+    """Subscription bytes that match exactly ``topic`` (not longer topics sharing its prefix)."""
+    return topic.encode() + SEPARATOR
+
+
+# --- message types -----------------------------------------------------------
+class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):
+    """Base of every bus message; ``v`` is the schema version."""
+
+    v: int = SCHEMA_VERSION
+
+
+class Tick(Message, tag="tick"):
+    """One trade print or quote update of one instrument.
+
+    ``ts``: exchange time, epoch ms UTC. ``ltp``: last traded price, rupees.
+    ``ltq``: last traded quantity, units (0 when the instrument has no volume,
+    e.g. an index). ``oi``: open interest after the trade, units (0 if none).
+    ``seq``: position in the source's stream (monotonic per ingestor run), so
+    prints sharing a timestamp keep their order.
+    """
+
+    instrument_key: str
+    ts: int
+    ltp: float
+    ltq: int = 0
+    oi: float = 0.0
+    seq: int = 0
+    source: str = "sim"
+
+
+class Candle(Message, tag="candle"):
+    """OHLCV bar. ``ts`` is the bar's *open* time (epoch ms UTC); ``interval`` e.g. ``"1m"``.
+
+    ``volume`` is the sum of LTQ in the bar (units); ``oi`` the last OI seen.
+    ``final`` is False for a bar still forming.
+    """
+
+    instrument_key: str
+    interval: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int = 0
+    oi: float = 0.0
+    ticks: int = 0
+    final: bool = True
+
+
+class Signal(Message, tag="signal"):
+    """A trade idea from a strategy: side ``"BUY"``/``"SELL"``, prices in rupees, ``ts`` epoch ms UTC."""
+
+    strategy: str
+    instrument_key: str
+    side: Literal["BUY", "SELL"]
+    entry: float
+    stop_loss: float
+    target: float
+    reason: str
+    ts: int
+
+
+class Health(Message, tag="health"):
+    """Periodic status of one service (sent about once a second).
+
+    ``status``: ``starting`` | ``ready`` | ``running`` | ``finished`` | ``stopping`` | ``error``.
+    ``ts`` is wall-clock epoch ms UTC. ``details`` holds service-specific
+    counters (ticks published, rows written, child processes, ...).
+    """
+
+    service: str
+    pid: int
+    status: str
+    ts: int
+    details: dict[str, Any] = {}
+
+
+class Control(Message, tag="control"):
+    """A command to a service, e.g. ``{"command": "restart", "target": "ib_breakout_nifty"}``."""
+
+    command: str
+    target: str = ""
+    ts: int = 0
+
+
+AnyMessage = Union[Tick, Candle, Signal, Health, Control]  # + Profile, rebound at the end of the module
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyMessage)
+
+
+def encode(topic: str, message: Message) -> bytes:
+    """Encode one bus frame: ``topic\\x00<json>``."""
+    return topic.encode() + SEPARATOR + _encoder.encode(message)
+
+
+def split(frame: bytes) -> tuple[str, bytes]:
+    """Split a bus frame into ``(topic, payload)``.
+
+    Raises ``ValueError`` if the frame has no topic separator.
+    """
+    topic, sep, payload = frame.partition(SEPARATOR)
+    if not sep:
+        raise ValueError(f"bus frame without topic separator: {frame[:60]!r}")
+    return topic.decode(), payload
+
+
+def decode(frame: bytes) -> tuple[str, AnyMessage]:
+    """Decode one bus frame into ``(topic, message)``.
+
+    Raises ``ValueError`` (``msgspec.DecodeError`` is a subclass) on a malformed frame.
+    """
+    topic, payload = split(frame)
+    return topic, _decoder.decode(payload)
+
+
+# --- Market Profile (appended: trading_core.profile) ------------------------------------------
+class Profile(Message, tag="profile"):
+    """Market Profile of one instrument's session, published on ``profile.<instrument_key>`` at
+    most once a second and at each TPO period close (see ``trading_core.profile``).
+
+    ``ts``: latest print (epoch ms UTC, 0 before any); ``session``: IST date ``YYYY-MM-DD``;
+    ``session_kind``: ``regular`` | ``extended`` | ``muhurat`` | ``inferred`` | ``holiday``;
+    ``period``: current TPO letter. Prices in rupees; ``poc``/``vah``/``val`` (and the volume
+    profile's ``vpoc``/``vvah``/``vval``) are row prices: a row spans
+    ``[price, price + row_size)``. ``volume_source`` is ``"tpo"`` when the instrument has no
+    volume (then the v* fields repeat the TPO ones). ``ext_up``/``ext_down``: range extension in
+    IB multiples. ``tpo``/``volume``: counts per row from ``row_low`` upwards; ``periods``:
+    ``[letter, low, high]`` of each traded period, enough to redraw the TPO letters.
+    """
+
+    instrument_key: str
+    ts: int
+    session: str
+    session_kind: str = "regular"
+    closed: bool = False
+    period: str = ""
+    row_size: float = 0.0
+    open: float | None = None
+    high: float | None = None
+    low: float | None = None
+    last: float | None = None
+    poc: float | None = None
+    vah: float | None = None
+    val: float | None = None
+    vpoc: float | None = None
+    vvah: float | None = None
+    vval: float | None = None
+    volume_source: str = "tpo"
+    ib_high: float | None = None
+    ib_low: float | None = None
+    ib_complete: bool = False
+    ext_up: float | None = None
+    ext_down: float | None = None
+    open_type: str = ""
+    open_type_final: bool = False
+    day_type: str = ""
+    day_type_final: bool = False
+    poor_high: bool = False
+    poor_low: bool = False
+    excess_high: bool = False
+    excess_low: bool = False
+    single_prints: list[list[float]] = []
+    prior_high: float | None = None
+    prior_low: float | None = None
+    prior_close: float | None = None
+    prior_poc: float | None = None
+    prior_vah: float | None = None
+    prior_val: float | None = None
+    open_vs_value: str = ""
+    open_vs_range: str = ""
+    balance: str = ""
+    row_low: float | None = None
+    tpo: list[int] = []
+    volume: list[int] = []
+    periods: list[list[Any]] = []
+
+
+# Profile joins the union the decoder accepts (it is defined after the decoder above).
+AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile]
+_decoder = msgspec.json.Decoder(AnyMessage)

@@ -1,0 +1,106 @@
+"""Runtime settings: ``config.py`` (or ``config.example.py`` defaults), then environment overrides.
+
+A fresh clone has no ``config.py``; the defaults in ``config.example.py`` then
+apply, so ``python3 run.py`` works at once on the simulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Environment variables through which the supervisor hands its options to services.
+ENV = {
+    "duckdb_path": "AMT_DUCKDB_PATH",
+    "bus_pub": "AMT_BUS_PUB",
+    "bus_sub": "AMT_BUS_SUB",
+    "api_host": "AMT_API_HOST",
+    "api_port": "AMT_API_PORT",
+    "strategies_path": "AMT_STRATEGIES",
+    "log_dir": "AMT_LOG_DIR",
+    "sim_seed": "AMT_SIM_SEED",
+    "access_token": "UPSTOX_ACCESS_TOKEN",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Paths are absolute; ``access_token`` must never be logged (see ``repr``)."""
+
+    access_token: str
+    watchlist: tuple[str, ...]
+    duckdb_path: Path
+    bus_pub: str
+    bus_sub: str
+    api_host: str
+    api_port: int
+    strategies_path: Path
+    log_dir: Path
+    sim_seed: int
+    config_file: Path
+
+    def __repr__(self) -> str:  # the token must not leak through a debug print
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["access_token"] = "<set>" if self.access_token else "<empty>"
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def _load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_amt_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _abs(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (ROOT / p).resolve()
+
+
+def load(config_file: str | Path | None = None) -> Settings:
+    """Load settings from ``config_file`` (default ``$AMT_CONFIG``, then ``config.py``, else
+    ``config.example.py``).
+
+    Environment variables in :data:`ENV` override the file. Raises ``ValueError``
+    with the file and field named when a value has the wrong type.
+    """
+    config_file = config_file or os.environ.get("AMT_CONFIG")
+    if config_file and not _abs(config_file).exists():
+        raise ValueError(f"config file {config_file} does not exist")
+    path = _abs(config_file) if config_file else ROOT / "config.py"
+    if not path.exists():
+        path = ROOT / "config.example.py"
+    module = _load_module(path)
+
+    def get(name: str, default):
+        env_name = ENV.get(name)
+        if env_name and os.environ.get(env_name):
+            return os.environ[env_name]
+        return getattr(module, name.upper(), default)
+
+    try:
+        port = int(get("api_port", 8000))
+        seed = int(get("sim_seed", 7))
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: API_PORT and SIM_SEED must be integers ({exc})") from None
+    watchlist = getattr(module, "WATCHLIST", ["NSE_INDEX|Nifty 50"])
+    if isinstance(watchlist, str) or not all(isinstance(w, str) for w in watchlist):
+        raise ValueError(f"{path.name}: WATCHLIST must be a list of instrument keys")
+    return Settings(
+        access_token=str(get("access_token", "") or ""),
+        watchlist=tuple(watchlist),
+        duckdb_path=_abs(get("duckdb_path", "data/market.duckdb")),
+        bus_pub=str(get("bus_pub", "tcp://127.0.0.1:5555")),
+        bus_sub=str(get("bus_sub", "tcp://127.0.0.1:5556")),
+        api_host=str(get("api_host", "127.0.0.1")),
+        api_port=port,
+        strategies_path=_abs(get("strategies_path", "configs/strategies.json")),
+        log_dir=_abs(get("log_dir", "logs")),
+        sim_seed=seed,
+        config_file=path,
+    )
