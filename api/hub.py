@@ -94,7 +94,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.ticks: dict[str, bytes] = {}
-        self.candles: list[tuple[str, bytes]] = []     # (instrument_key, payload)
+        self.candles: list[tuple[str, bytes, _CandleHead]] = []     # (instrument_key, payload, head)
         self.signals: list[bytes] = []
         self.health: dict[str, bytes] = {}
         self.profiles: dict[str, bytes] = {}
@@ -129,7 +129,7 @@ class Batch:
             out = _encode({
                 "type": "batch",
                 "ticks": {k: Raw(v) for k, v in ticks.items()},
-                "candles": [Raw(v) for _, v in candles],
+                "candles": [Raw(c[1]) for c in candles],
                 "signals": [Raw(v) for v in self.signals],
                 "health": {k: Raw(v) for k, v in self.health.items()},
                 "profiles": {k: Raw(v) for k, v in profiles.items()},
@@ -244,7 +244,7 @@ class Hub:
                 head = _candle_head.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 return self._bad(frame, f"candle: {exc}")
-            self.cur.candles.append((head.instrument_key, payload))
+            self.cur.candles.append((head.instrument_key, payload, head))
         elif c == 115 and frame.startswith(b"signal."):                 # 's'
             if not _valid(_any_check, payload):
                 return self._bad(frame, "signal is not JSON")
@@ -294,9 +294,8 @@ class Hub:
         for key, payload in batch.profiles.items():
             st.profiles[key] = payload
             st.instruments.setdefault(key)
-        for key, payload in batch.candles:
+        for key, payload, head in batch.candles:
             st.instruments.setdefault(key)
-            head = _candle_head.decode(payload)
             if head.final and head.interval == "1m":
                 st.add_candle(key, head.ts, payload)
         st.signals.extend(batch.signals)
@@ -396,6 +395,7 @@ class Hub:
             "batches_merged": merged,
             "batches_dropped": self.batches_dropped,
             "resyncs": self.resyncs,
+            "max_backlog": max((len(c.pending) for c in self.clients.values()), default=0),
             "bad_client_messages": self.bad_client_messages,
             "instruments": len(self.store.instruments),
         }

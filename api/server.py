@@ -43,6 +43,7 @@ import errno
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -73,6 +74,7 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 BATCH_S = 0.1               # WebSocket batch period
 HEALTH_S = 1.0              # health.api period
+ABORT_AFTER_S = 0.4         # on shutdown, connections still open after this are aborted
 DRAIN_MAX = 5000            # bus frames handled per event-loop turn
 SUBSCRIPTIONS = ("tick.", "candle.", "signal.", "profile.", "health.")   # health last: see _probe
 
@@ -364,10 +366,34 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
             log.info("ws client %d disconnected: %d frames sent, %d batches merged, %d dropped "
                      "(%d connected)", client.id, client.sent, client.merged, client.dropped,
                      len(hub.clients))
-            with contextlib.suppress(Exception):
-                await ws.close()
+            # No ws.close() here: the peer is gone or uvicorn already sent the close frame, and
+            # a close queued behind a stalled peer's unread data would only wait.
 
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a connection whose peer stopped reading cannot hold up shutdown.
+
+    uvicorn closes every connection on shutdown and waits for them to finish; a transport
+    that still holds data for a peer that never reads would keep it waiting for the whole
+    graceful timeout. After :data:`ABORT_AFTER_S` such transports are aborted.
+    """
+
+    async def shutdown(self, sockets=None) -> None:
+        async def abort_stragglers() -> None:
+            await asyncio.sleep(ABORT_AFTER_S)
+            for conn in list(self.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                if transport is not None:
+                    with contextlib.suppress(Exception):
+                        transport.abort()
+
+        aborter = asyncio.create_task(abort_stragglers())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            aborter.cancel()
 
 
 def bind_or_exit(host: str, port: int) -> socket.socket:
@@ -410,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"api: bad configuration: {exc}", file=sys.stderr)
         return service.EXIT_CONFIG
     logs.setup("api", settings.log_dir, [settings.access_token])
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)   # per-connection chatter; we log our own
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     sock = bind_or_exit(host, port)
@@ -425,13 +452,20 @@ def main(argv: list[str] | None = None) -> int:
                     "to install the chart library (the page loads without charts)")
     log.info("desk at %s (bus sub %s, pub %s)", url, settings.bus_sub, settings.bus_pub)
 
-    # uvicorn handles SIGTERM/SIGINT while it runs, then re-raises the signal after a clean
-    # shutdown; this no-op handler (restored by uvicorn) turns that into a normal exit 0.
-    service.stop_on_signals(lambda: None)
     config = uvicorn.Config(create_app(settings, bridge), log_config=None, access_log=False,
                             lifespan="on", ws="websockets-sansio", ws_max_size=1 << 16,
                             timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = _Server(config)
+
+    # uvicorn installs its own SIGTERM/SIGINT handlers while it serves, and after a clean
+    # shutdown restores ours and re-raises the signal. Ours turns that into a normal exit 0,
+    # and a signal that arrives before uvicorn took over makes it stop right after startup.
+    def on_signal(signum, frame) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.run(sockets=[sock])
     return 0
 
 

@@ -353,7 +353,8 @@ def read_bars(path: str | Path, dates: Iterable[dt.date | str] | None = None) ->
 
     Raises ``FileNotFoundError`` if ``path`` is missing, ``ValueError`` naming file and line
     for a malformed line (wrong field count, bad date/time/price/volume/OI, or a low/high
-    that does not enclose open/close), and ``ValueError`` if a requested date has no bars.
+    that does not enclose open/close), and ``ValueError`` if the file holds no bars or a
+    requested date has none.
     """
     path = Path(path)
     if not path.is_file():
@@ -565,9 +566,9 @@ class ReplaySource:
         sort_by = ["ts", "_file"] if len(frames) > 1 else ["ts"]
         df = df.sort(sort_by, maintain_order=True).drop("_file").rechunk()
         self._codes = df.get_column("_key").to_numpy()
-        self._df = _with_keys(df, self._keys).select(
-            *TICK_COLUMNS, seq=pl.int_range(pl.len(), dtype=pl.Int64)
-        )
+        self._df = _with_keys(df, self._keys).with_columns(
+            seq=pl.int_range(pl.len(), dtype=pl.Int64)
+        ).select(FRAME_COLUMNS)
         self._ts = self._df.get_column("ts").to_numpy()
         self._ltp = self._df.get_column("ltp").to_numpy()
         self._ltq = self._df.get_column("ltq").to_numpy()
@@ -634,6 +635,9 @@ class ReplaySource:
                     gap = ts - prev
                     if 0 < gap <= max_gap:
                         due += gap * per_ms
+                    # Time spent so far: the wall clock, but at least what sleep() was
+                    # asked for (an injected fake sleep advances no clock). Measuring it,
+                    # rather than summing gaps, keeps slow consumers and oversleeps on schedule.
                     ahead = due - max(clock() - t0, slept)
                     if ahead > SLEEP_QUANTUM_S:
                         sleep(ahead)

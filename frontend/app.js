@@ -373,7 +373,7 @@
   }
 
   // --- banner -----------------------------------------------------------------------------
-  let reconnectAt = 0, attempt = 0;
+  let reconnectAt = 0, attempt = 0, everConnected = false;
 
   function renderBanner() {
     const el = $('banner');
@@ -381,9 +381,10 @@
     if (!state.connected) {
       const secs = Math.max(0, Math.ceil((reconnectAt - Date.now()) / 1000));
       cls = 'error';
-      html = attempt
-        ? `Connection to the API lost — reconnecting${secs ? ` in ${secs}s` : '…'} (attempt ${attempt}). Data shown may be out of date.`
-        : 'Connecting to the API…';
+      const retry = `reconnecting${secs ? ` in ${secs}s` : '…'} (attempt ${attempt})`;
+      html = !attempt ? 'Connecting to the API…'
+        : everConnected ? `Connection to the API lost — ${retry}. Data shown may be out of date.`
+        : `Cannot reach the API at ${location.host} — ${retry}. Is it running?`;
     } else {
       const since = state.lastTickRx || state.connectedAt;
       const idle = Date.now() - since;
@@ -410,27 +411,19 @@
 
   // --- frames -----------------------------------------------------------------------------
   function onSnapshot(s) {
-    // Keep bars still forming locally that are newer than the snapshot's closed candles.
-    const forming = new Map();
-    for (const [key, bars] of state.bars) {
-      for (const b of bars.values()) if (!b.final) forming.set(key, (forming.get(key) || []).concat([b]));
-    }
-    state.bars = new Map();
+    // The snapshot's closed candles win; bars and signals this page already holds are kept
+    // (merged by time / identity), so a restarted API - which starts with an empty memory -
+    // does not blank a page that has been watching the day.
     for (const [key, list] of Object.entries(s.candles || {})) {
       const m = barsOf(key);
       for (const c of list) m.set(barTime(c.ts), {
         time: barTime(c.ts), open: c.open, high: c.high, low: c.low, close: c.close, final: true,
       });
     }
-    for (const [key, list] of forming) {
-      const m = barsOf(key);
-      for (const b of list) if (!m.has(b.time)) m.set(b.time, b);
-    }
-    state.ticks = new Map();
     for (const t of Object.values(s.ticks || {})) applyTick(t);
-    state.profiles = new Map(Object.entries(s.profiles || {}));
-    state.signals = []; state.signalIds = new Set();
+    for (const [key, p] of Object.entries(s.profiles || {})) state.profiles.set(key, p);
     addSignals(s.signals || []);
+    state.signals.sort((a, b) => a.ts - b.ts);
     const now = Date.now();
     state.health = new Map();
     for (const [svc, h] of Object.entries(s.health || {})) {
@@ -472,7 +465,7 @@
   }
 
   // --- connection -------------------------------------------------------------------------
-  // Reconnect with exponential backoff (0.5 s doubling to 10 s). Every new connection starts
+  // Reconnect with exponential backoff (0.5 s, x1.6 per attempt, at most 5 s, +-20 % jitter). Every new connection starts
   // with a fresh snapshot from the server, so a restarted API re-fills the page by itself.
   let ws = null;
 
@@ -484,6 +477,7 @@
       state.connectedAt = Date.now();
       state.lastTickRx = 0;
       attempt = 0;
+      everConnected = true;
       renderConn(); renderBanner();
     };
     ws.onmessage = (ev) => {
@@ -496,7 +490,7 @@
       const wasConnected = state.connected;
       state.connected = false;
       attempt += 1;
-      const delay = Math.min(10000, 500 * 2 ** Math.min(attempt - 1, 5)) * (0.8 + 0.4 * Math.random());
+      const delay = Math.min(5000, 500 * 1.6 ** Math.min(attempt - 1, 8)) * (0.8 + 0.4 * Math.random());
       reconnectAt = Date.now() + delay;
       if (wasConnected) console.info('connection lost; reconnecting in', Math.round(delay), 'ms');
       renderConn(); renderBanner();
@@ -504,6 +498,9 @@
     };
     ws.onerror = () => { /* onclose follows */ };
   }
+
+  // for the browser console: amt.state, amt.chart
+  window.amt = { state, get chart() { return chart; }, get series() { return series; } };
 
   // ages in the health strip and the staleness banner move with the clock
   setInterval(() => { renderHealth(); renderBanner(); }, 1000);

@@ -5,6 +5,7 @@ Started by ``run.py``; run alone with ``python3 scripts/bus.py``.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def main() -> int:
     log = logs.setup("bus", settings.log_dir, [settings.access_token])
     ctx = zmq.Context.instance()
     service.die_with_parent()
-    # SIGTERM's default action (exit) is right here: the proxy holds no state.
+    # The proxy holds no state: on SIGTERM just leave (pyzmq re-raises from the blocking call).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         log.info("proxy: publishers -> %s, subscribers <- %s", settings.bus_pub, settings.bus_sub)
         bus.run_proxy(settings.bus_pub, settings.bus_sub, ctx)

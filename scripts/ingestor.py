@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
     p.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
                    help="replay only this IST trading date (repeatable)")
+    p.add_argument("--warmup", type=float, default=75.0, metavar="MINUTES",
+                   help="simulator only: produce the session's first MINUTES at once, so the chart "
+                        "and the initial balance are there when the page opens (default 75)")
     p.add_argument("--run-id", default=os.environ.get("AMT_RUN_ID") or f"run-{int(time.time())}",
                    help="feed run id; a restart with the same id resumes a replay")
     return p.parse_args(argv)
@@ -74,6 +77,7 @@ class Counters:
         self.published = 0
         self.candles = 0
         self.last_tick_ts = 0
+        self.first_tick_ts = 0
         self.last_tick_wall_ms = 0
         self.total: int | None = None
         self.status = "starting"
@@ -103,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
     service.die_with_parent()
     stopping = service.stop_on_signals(lambda: None)
-    sleep = lambda seconds: stopping.wait(seconds)  # noqa: E731  (wakes at once on SIGTERM)
-
     feed = choose_feed(args, settings)
+    counters = Counters()
+    warmup_ms = int(args.warmup * 60_000) if feed == "sim" else 0
+
+    def sleep(seconds: float) -> None:
+        """Pace the feed; wakes at once on SIGTERM; no pacing during the simulator's warm-up."""
+        if warmup_ms and counters.last_tick_ts - counters.first_tick_ts < warmup_ms:
+            return
+        stopping.wait(seconds)
+
     try:
         source = make_source(feed, args, settings, sleep)
         con = persistence.connect(settings.duckdb_path)
@@ -114,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 
     start_seq = persistence.start_run(con, args.run_id, feed, str(args.replay or ""))
     builder = CandleBuilder("1m")
-    counters = Counters()
     if feed == "replay":
         counters.total = len(source)
         if start_seq == 0:
@@ -162,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 counters.candles += 1
             counters.published += 1
             counters.last_tick_ts = tick.ts
+            if not counters.first_tick_ts:
+                counters.first_tick_ts = tick.ts
             if counters.published & 255 == 0:
                 counters.last_tick_wall_ms = int(time.time() * 1000)
                 writer.maybe_handover()

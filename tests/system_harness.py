@@ -26,7 +26,8 @@ def free_port() -> int:
 class System:
     """A running ``python3 run.py`` with its own ports, database and log folder under ``tmp``."""
 
-    def __init__(self, tmp: Path, *args: str, strategies: Path | None = None):
+    def __init__(self, tmp: Path, *args: str, strategies: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.tmp = tmp
         self.port = free_port()
         self.db = tmp / "market.duckdb"
@@ -37,7 +38,8 @@ class System:
                "--log-dir", str(self.logs), *args]
         if strategies:
             cmd += ["--strategies", str(strategies)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AMT_", "UPSTOX_"))}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AMT_", "UPSTOX_"))},
+               **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.descendants: set[int] = set()
 

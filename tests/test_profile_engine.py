@@ -318,3 +318,13 @@ def test_config_override_row_size():
     e = LiveAuctionEngine(NIFTY, config=config_for(NIFTY, row_size=10.0))
     four_period_day(e)
     assert e.profile.row_size == 10.0 and e.profile.tpo.tolist() == [2, 3, 2]
+
+
+def test_numpy_scalars_in_give_plain_python_out():
+    e = LiveAuctionEngine(FUT)
+    for i in range(3):
+        e.on_tick(np.int64(t("09:20") + i * 1000), np.float64(100 + i), np.int64(10))
+    e.on_tick(np.int64(t("10:20")), np.float64(90.0), np.int64(10))
+    p = e.profile
+    assert all(type(v).__module__ != "numpy" for v in p.as_dict().values())
+    assert m.decode(m.encode("profile.x", e.to_message()))[1].ts == t("10:20")

@@ -114,7 +114,9 @@ def write_strategies(path: Path, names_keys: list[tuple[str, str]]) -> Path:
 def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
     strategies = write_strategies(tmp_path / "strategies.json",
                                   [("ib_nifty", "NSE_INDEX|Nifty 50"), ("ib_bank", "NSE_INDEX|Nifty Bank")])
-    system = System(tmp_path, "--speed", "1", strategies=strategies)
+    token = "test-token-must-never-leak-5f1c"
+    system = System(tmp_path, "--speed", "1", "--feed", "sim", strategies=strategies,
+                    env={"UPSTOX_ACCESS_TOKEN": token})
     try:
         def strategy_pids(h):
             s = h.get("strategy_manager", {}).get("details", {}).get("strategies", {})
@@ -140,6 +142,10 @@ def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
                     and h["ingestor"]["status"] == "running", 20, "the ingestor to be restarted")
         assert "ingestor (pid" in system.output() and "restarted ingestor" in system.output()
 
+        import httpx
+        page_data = httpx.get(f"http://127.0.0.1:{system.port}/api/snapshot").text + json.dumps(system.health())
+        assert token not in page_data
+
         took = system.terminate()
         assert took < 5
         assert system.leftovers() == [], "orphan processes after SIGTERM"
@@ -148,6 +154,8 @@ def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
     con = duckdb.connect(str(system.db), read_only=True)
     assert con.execute("SELECT count(*) FROM ticks WHERE source = 'sim'").fetchone()[0] > 0
     con.close()
+    for f in [*system.logs.iterdir(), system.db, tmp_path / "run.out"]:
+        assert token.encode() not in f.read_bytes(), f"the access token leaked into {f.name}"
 
 
 def psutil_process(pid: int):

@@ -115,6 +115,7 @@ class LiveAuctionEngine:
         self._closed = False
 
     def _start(self, day: int) -> None:
+        day = int(day)
         spec = self.calendar.spec(day)
         self._spec = spec
         self._day = day
@@ -151,12 +152,10 @@ class LiveAuctionEngine:
                 vol = self._vol
                 vol[r] = vol.get(r, 0) + qty
                 self._vk |= VOL_LTQ
-            if ts > self._lastp:
+            if ts > self._lastp:                     # (the clock is max(_clock, _lastp))
                 if ts - self._lastp > self._gap_ms:
                     self._gaps.append((self._lastp, ts))
                 self._lastp = ts
-                if ts > self._clock:
-                    self._clock = ts
             return True
         return self._ingest(ts, ts, price, price, price, price, qty, VOL_LTQ, False)
 
@@ -200,7 +199,7 @@ class LiveAuctionEngine:
             return
         if day > self._day:
             now_ms = max(now_ms, self._close_ms)
-        if now_ms > self._clock:
+        if now_ms > max(self._clock, self._lastp):
             self._clock = now_ms
             self._ev += 1
 
@@ -261,10 +260,7 @@ class LiveAuctionEngine:
         if gap.any():
             for a, b in zip(before[gap].tolist(), ts[gap].tolist()):
                 self._gaps.append((a, b))
-        last = max(self._lastp, int(running[-1]))
-        self._lastp = last
-        if last > self._clock:
-            self._clock = last
+        self._lastp = max(self._lastp, int(running[-1]))
 
     def _ingest(self, ts: int, ts_end: int, o: float, h: float, lo: float, c: float, qty: int,
                 kind: int, is_bar: bool) -> bool:
@@ -362,6 +358,7 @@ class LiveAuctionEngine:
 
     # --- reading --------------------------------------------------------------------------------
     def _state(self) -> SessionState:
+        clock = max(self._clock, self._lastp)
         periods = dict(self._periods)
         if self._p_idx >= 0:
             periods[self._p_idx] = [self._p_hi, self._p_lo, self._p_hik, self._p_lok, self._p_last]
@@ -369,15 +366,16 @@ class LiveAuctionEngine:
         arr = np.array([periods[i] for i in idx], dtype=np.int64).reshape(-1, 5)
         vrows = sorted(self._vol)
         return SessionState(
-            spec=self._spec, clock_ms=None if self._clock == _NEG else self._clock,
+            spec=self._spec, clock_ms=None if clock == _NEG else int(clock),
             closed=self._closed, p_idx=np.array(idx, dtype=np.int64), p_hi=arr[:, 0].copy(),
             p_lo=arr[:, 1].copy(), p_hik=arr[:, 2].copy(), p_lok=arr[:, 3].copy(),
             p_last=arr[:, 4].copy(), vol_rows=np.array(vrows, dtype=np.int64),
             vol_qty=np.array([self._vol[r] for r in vrows], dtype=np.int64),
             open_t=self._open_t, last_t=self._last_t,
-            last_ts=None if self._lastp == _NEG else self._lastp, prints=self._seq - self._seq0,
+            last_ts=None if self._lastp == _NEG else int(self._lastp), prints=self._seq - self._seq0,
             preopen_t=self._preopen, pre_prints=self._pre, outside_prints=self._out,
-            reference_prints=self._refs, gaps=tuple(self._gaps), volume_kinds=self._vk)
+            reference_prints=self._refs, gaps=tuple((int(a), int(b)) for a, b in self._gaps),
+            volume_kinds=self._vk)
 
     def _build(self) -> AuctionProfile:
         return build_profile(self._state(), self.config, self.instrument_key, self._tracker.prior)
@@ -403,13 +401,14 @@ class LiveAuctionEngine:
     def period_key(self) -> tuple[int, int, bool]:
         """``(IST day, current period index by the clock, session closed)``: changes exactly when
         a TPO period closes or the session ends (for :class:`PublishThrottle`)."""
-        if self._spec is None or self._clock == _NEG:
+        clock = max(self._clock, self._lastp)
+        if self._spec is None or clock == _NEG:
             return (self._day, -1, False)
-        closed = self._closed or self._clock >= self._close_ms
-        if self._clock < self._open_ms:
+        closed = self._closed or clock >= self._close_ms
+        if clock < self._open_ms:
             return (self._day, -1, closed)
         n = max(1, self._spec.n_periods(self._pms))
-        return (self._day, min((self._clock - self._open_ms) // self._pms, n - 1), closed)
+        return (self._day, min((clock - self._open_ms) // self._pms, n - 1), closed)
 
     @property
     def history(self) -> list[AuctionProfile]:

@@ -9,6 +9,7 @@ that a trader can tune them without touching the rules (:mod:`trading_core.profi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -30,7 +31,8 @@ class ProfileConfig:
     - ``value_area_percent``: share of TPOs (or volume) in the value area (70, CBOT/Dalton).
     - ``reference_print_qty``: leading prints of a session with exactly this quantity are taken for
       reference prices, not trades, and skipped (the NSE F&O tick files open with one or two
-      ``QTY=1`` prints); ``None`` keeps them. Only quantities from ticks are checked.
+      ``QTY=1`` prints; no F&O lot is a single unit); ``None`` keeps them (use ``None`` for cash
+      equities, where one share is a real trade). Only LTQ quantities of ticks are checked.
     - ``gap_minutes``: a pause longer than this between prints is reported as a gap.
     - ``history_sessions``: prior trading days whose median range is the typical day range (the
       Non-trend test's yardstick; needs at least 3).
@@ -97,6 +99,7 @@ class ProfileConfig:
         return price_decimals(self.tick_size)
 
 
+@functools.lru_cache(maxsize=64)
 def price_decimals(tick_size: float) -> int:
     """Decimals needed to print prices on a ``tick_size`` grid (0.05 -> 2, 5 -> 0)."""
     for digits in range(10):

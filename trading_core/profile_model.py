@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -67,8 +67,7 @@ class SessionState:
     volume_kinds: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TPOPeriod:
+class TPOPeriod(NamedTuple):
     """One TPO period that traded: ``letter``, ``index`` (0 = A), IST-aligned ``start_ms``, and
     the ``low``/``high`` it printed (rupees)."""
 
@@ -226,7 +225,7 @@ class AuctionProfile:
             if isinstance(v, np.ndarray):
                 v = v.tolist()
             elif f.name == "periods":
-                v = [dataclasses.astuple(p) for p in v]
+                v = [tuple(p) for p in v]
             elif f.name == "prior" and v is not None:
                 v = dataclasses.asdict(v)
             out[f.name] = v
@@ -309,8 +308,8 @@ def build_profile(state: SessionState, cfg: ProfileConfig, instrument_key: str =
     tick, tpr, pms = cfg.tick_size, cfg.ticks_per_row, cfg.period_ms
     nd = cfg.decimals
 
-    def px(t) -> float:
-        return round(int(t) * tick, nd)
+    def px(t: int) -> float:
+        return round(t * tick, nd)
 
     clock = state.clock_ms
     closed = bool(state.closed or (clock is not None and clock >= spec.close_ms))
@@ -389,16 +388,17 @@ def build_profile(state: SessionState, cfg: ProfileConfig, instrument_key: str =
         vpoc_i, vva_lo, vva_hi = poc_i, va_lo, va_hi
         notes.append("no traded volume (e.g. an index): the volume profile falls back to TPO counts")
 
-    high_t, low_t = int(state.p_hi.max()), int(state.p_lo.min())
+    p_idx, p_hi, p_lo = state.p_idx.tolist(), state.p_hi.tolist(), state.p_lo.tolist()
+    high_t, low_t = max(p_hi), min(p_lo)
     open_t, last_t = int(state.open_t), int(state.last_t)
 
     # --- initial balance and range extension ----------------------------------------------------
-    ib_mask = state.p_idx < cfg.ib_periods
+    ib = [k for k, i in enumerate(p_idx) if i < cfg.ib_periods]
     ib_high_t = ib_low_t = None
     ext_up_t = ext_down_t = 0
     ext_up_ib = ext_down_ib = None
-    if ib_mask.any():
-        ib_high_t, ib_low_t = int(state.p_hi[ib_mask].max()), int(state.p_lo[ib_mask].min())
+    if ib:
+        ib_high_t, ib_low_t = max(p_hi[k] for k in ib), min(p_lo[k] for k in ib)
         if ib_complete:
             ext_up_t, ext_down_t = high_t - ib_high_t, ib_low_t - low_t
             ib_r = ib_high_t - ib_low_t
@@ -432,9 +432,8 @@ def build_profile(state: SessionState, cfg: ProfileConfig, instrument_key: str =
             balance = "balance"
 
     # --- open type ------------------------------------------------------------------------------
-    a = np.flatnonzero(state.p_idx == 0)
-    if a.size:
-        k = int(a[0])
+    if p_idx[0] == 0:
+        k = 0
         open_type = rules.classify_open(open_t, int(state.p_hi[k]), int(state.p_lo[k]),
                                         int(state.p_last[k]), int(state.p_hik[k]),
                                         int(state.p_lok[k]), prior_hi_t, prior_lo_t, cfg)
@@ -455,9 +454,8 @@ def build_profile(state: SessionState, cfg: ProfileConfig, instrument_key: str =
         day_type = rules.classify_day(high_t, low_t, last_t, ib_high_t, ib_low_t, tpo, row0, tpr,
                                       ex.singles, typical, cfg)
 
-    periods = tuple(TPOPeriod(period_letter(int(i)), int(i), spec.open_ms + int(i) * pms,
-                              px(lo), px(hi))
-                    for i, lo, hi in zip(state.p_idx.tolist(), state.p_lo.tolist(), state.p_hi.tolist()))
+    periods = tuple([TPOPeriod(period_letter(i), i, spec.open_ms + i * pms, round(lo * tick, nd),
+                               round(hi * tick, nd)) for i, lo, hi in zip(p_idx, p_lo, p_hi)])
     tpo.setflags(write=False)
     volume.setflags(write=False)
     return AuctionProfile(

@@ -186,6 +186,7 @@ class SessionCalendar:
 
     def spec(self, day: int) -> SessionSpec:
         """The :class:`SessionSpec` of IST day number ``day``."""
+        day = int(day)
         date = day_to_date(day)
         sp = self.special.get(date)
         base = day * DAY_MS - IST_OFFSET_MS
