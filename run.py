@@ -8,6 +8,12 @@ exponential backoff (0.5 s doubling, capped at 30 s); more than 5 deaths in 2 mi
 crash loop and the supervisor gives up with a clear message. Ctrl-C or SIGTERM stops
 everything within 5 seconds.
 
+Commands (each has its own --help):
+  python3 run.py status              a table of services and strategies (pid, uptime, CPU, memory)
+  python3 run.py restart STRATEGY    restart one strategy without stopping the rest
+  python3 run.py sql "SELECT ..."    read-only SQL on the recorded market, running or not
+  python3 run.py export ...          hive-partitioned Parquet of recorded days
+
 Examples:
   python3 run.py
   python3 run.py --replay ../shared/data/nse-index-1min/2022_JUN_NIFTY.txt --date 2022-06-01 --speed 60
@@ -238,7 +244,31 @@ class Supervisor:
         kill_all([p for p in everyone if p.is_running()], timeout_s=0.3)
 
 
+# Subcommands: name -> "module:function"; each function takes the remaining argv, returns an exit code.
+COMMANDS = {
+    "status": "scripts.ctl:status_main",
+    "restart": "scripts.ctl:restart_main",
+    "sql": "scripts.research:sql_main",
+    "export": "scripts.research:export_main",
+}
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run subcommand ``name`` (see :data:`COMMANDS`)."""
+    import importlib
+    module_name, func = COMMANDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        print(f"error: '{name}' is not available in this version", file=sys.stderr)
+        return EXIT_CONFIG
+    return getattr(module, func)(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
     args = parse_args(argv)
     env = overrides(args)
     os.environ.update(env)

@@ -14,6 +14,12 @@ IB, tails, open and day type...) is computed lazily by
 and cached until the next change. The batch path (:mod:`trading_core.profile_batch`) builds the
 very same per-period state from a DataFrame and calls the same function, so both agree exactly.
 
+Modules: :mod:`~trading_core.sessions` (calendar, IST, TPO letters), :mod:`~trading_core.profile_config`
+(row size and thresholds per instrument), :mod:`~trading_core.profile_rules` (the AMT rules and their
+sources: CBOT *Market Profile Handbook*; Dalton, *Mind Over Markets*; Steidlmayer),
+:mod:`~trading_core.profile_model` (state -> :class:`AuctionProfile`), this module (live engine,
+publish throttle), :mod:`~trading_core.profile_batch` (DataFrame / DuckDB, composites).
+
 The engine does no I/O. Timestamps are epoch ms UTC; sessions follow
 :class:`trading_core.sessions.SessionCalendar` (IST). A print of a later IST date closes the
 current session (it moves to :attr:`LiveAuctionEngine.history` and becomes the prior day of the
@@ -28,6 +34,7 @@ import math
 import numpy as np
 
 from trading_core import messages as m
+from trading_core.profile_batch import CompositeProfile, composite_profile
 from trading_core.profile_config import ProfileConfig, config_for
 from trading_core.profile_model import (VOL_BAR, VOL_CUM, VOL_LTQ, AuctionProfile, PriorSession,
                                         PriorTracker, SessionState, build_profile)
@@ -430,10 +437,9 @@ class LiveAuctionEngine:
         p = self.profile
         return None if p is None else p.to_message()
 
-    def composite(self, n_sessions: int = 5, include_current: bool = True):
+    def composite(self, n_sessions: int = 5, include_current: bool = True) -> CompositeProfile:
         """Composite profile of the last ``n_sessions`` trading days this engine saw (see
         :func:`trading_core.profile_batch.composite_profile`)."""
-        from trading_core.profile_batch import composite_profile
         profiles = self.history
         cur = self.profile
         if include_current and cur is not None:
