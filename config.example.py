@@ -31,3 +31,11 @@ LOG_DIR = "logs"
 
 # Seed of the built-in simulator, so a demo is repeatable [AMT_SIM_SEED].
 SIM_SEED = 7
+
+# Research SQL: the ingestor answers read-only queries (python3 run.py sql, the browser console,
+# trading_core.query_client.query) on this endpoint, loopback only [AMT_QUERY_ENDPOINT]; each
+# query gets at most QUERY_TIMEOUT_S seconds and QUERY_MAX_ROWS rows
+# [AMT_QUERY_TIMEOUT_S, AMT_QUERY_MAX_ROWS].
+QUERY_ENDPOINT = "tcp://127.0.0.1:5557"
+QUERY_TIMEOUT_S = 30
+QUERY_MAX_ROWS = 1_000_000

@@ -1,9 +1,17 @@
 """The strategy interface: subclass :class:`Strategy`, override the hooks you need, call ``self.signal``.
 
-A strategy is a pure event handler. The process wrapper (``strategy`` service)
-subscribes to the bus for it and calls the hooks; the strategy never opens a
-socket, file or terminal. It reports a trade idea only through ``self.signal``,
-which builds a :class:`trading_core.messages.Signal` and hands it to ``emit``.
+A strategy is a pure event handler. The process wrapper (``scripts/strategy_process.py``,
+through :class:`strategy.runner.StrategyRunner`) subscribes to the bus for it and calls the
+hooks; the strategy never opens a socket, file or terminal. It reports a trade idea only
+through ``self.signal``, which builds a :class:`trading_core.messages.Signal` and hands it to
+``emit``. So the same class runs live, in a replay and in a backtest (feed it candles in a loop).
+
+Warm start contract: a strategy (re)started mid-session is first fed the session's recorded
+1-minute candles (``self.warming`` is True meanwhile), then the live stream. Its state must
+therefore be a deterministic function of the candles (and ticks) it was fed, and a signal's
+``ts`` the market time of the event that caused it, never the wall clock: then the runner can
+recognise and drop the signals it already emitted before the restart. State built only from
+ticks is not rebuilt (ticks are not replayed).
 
 Units: prices in rupees (float); timestamps ``ts`` epoch milliseconds UTC (int),
 displayed in IST (Asia/Kolkata, UTC+05:30, no DST). A candle's ``ts`` is its
@@ -57,6 +65,9 @@ class Strategy:
         self.instruments = list(instruments)
         self.params = self.resolve_params(params)
         self._emit = emit
+        #: True while the runner replays history (warm start). Signals are still called for: the
+        #: runner drops those already emitted before a restart. Strategies rarely need to look.
+        self.warming = False
 
     # --- hooks: override what you need; all default to doing nothing ------------------------
     def on_start(self) -> None:
@@ -69,7 +80,10 @@ class Strategy:
         """Called on every *closed* 1-minute candle (``ts`` = open time) of a subscribed instrument."""
 
     def on_profile(self, profile: Any) -> None:
-        """Called on every Market Profile update (message type owned by the profile service)."""
+        """Called on every :class:`trading_core.messages.Profile` published on the bus
+        (``profile.<instrument_key>``). Profiles are not replayed on warm start: strategies that
+        need the profile during warm-up run their own ``LiveAuctionEngine`` fed from candles
+        (see :class:`strategy.auction.AuctionStrategy`)."""
 
     # --- the one output ----------------------------------------------------------------------
     def signal(self, instrument_key: str, side: str, entry: float, stop_loss: float,
@@ -112,6 +126,18 @@ class Strategy:
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
         """Cross-field checks JSON-Schema cannot express; raise ``ValueError("params.<field>: why")``."""
+
+    @classmethod
+    def param_problems(cls, params: dict[str, Any]) -> list[str]:
+        """Every cross-field problem, one line each (default: the one :meth:`check_params` raises).
+
+        Override to report several at once (the rule strategy lists every bad expression).
+        """
+        try:
+            cls.check_params(params)
+        except ValueError as exc:
+            return [str(exc).replace("\n", " ")]
+        return []
 
     @classmethod
     def resolve_params(cls, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,16 +209,15 @@ def schema_error_line(error: jsonschema.ValidationError, skip: int = 0, prefix: 
 def param_errors(cls: type[Strategy], params: Any) -> list[str]:
     """Every problem of ``params`` for strategy class ``cls``, one line each (``params.<field>: why``).
 
-    Schema errors first (sorted by field); the class's :meth:`Strategy.check_params` runs only
-    when the schema accepts ``params`` (``None`` counts as ``{}``).
+    Schema errors first (sorted by field); the class's :meth:`Strategy.param_problems` (by default
+    :meth:`Strategy.check_params`) runs only when the schema accepts ``params`` (``None`` counts
+    as ``{}``).
     """
     params = {} if params is None else params
     validator = jsonschema.Draft202012Validator(cls.params_schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
     lines = [schema_error_line(e, prefix="params") for e in errors]
     if not lines:
-        try:
-            cls.check_params({**cls.param_defaults(), **params})
-        except ValueError as exc:
-            lines.append(str(exc).replace("\n", " "))
+        lines.extend(line.replace("\n", " ")
+                     for line in cls.param_problems({**cls.param_defaults(), **params}))
     return lines

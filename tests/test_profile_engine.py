@@ -328,3 +328,26 @@ def test_numpy_scalars_in_give_plain_python_out():
     p = e.profile
     assert all(type(v).__module__ != "numpy" for v in p.as_dict().values())
     assert m.decode(m.encode("profile.x", e.to_message()))[1].ts == t("10:20")
+
+
+def test_batch_over_the_ingestor_tick_table_layout():
+    """Rows as the ingestor stores them (ticks: instrument_key, ts, ltp, ltq, oi, seq, source)."""
+    con = duckdb.connect()
+    con.sql("CREATE TABLE ticks (instrument_key VARCHAR, ts BIGINT, ltp DOUBLE, ltq BIGINT, "
+            "oi DOUBLE, seq BIGINT, source VARCHAR)")
+    rng = np.random.default_rng(11)
+    e = LiveAuctionEngine(FUT)
+    seq = 0
+    for d in ("2022-06-01", "2022-06-02"):
+        for sec in sorted(rng.integers(9 * 3600, 15 * 3600 + 40 * 60, 400).tolist()):
+            tick = m.Tick(instrument_key=FUT, ts=ist_ms(d, 0) + sec * 1000,
+                          ltp=round(18000 + float(rng.normal(0, 20)), 1), ltq=int(rng.integers(1, 20)) * 50,
+                          seq=seq)
+            seq += 1
+            e.on_message(tick)
+            con.execute("INSERT INTO ticks VALUES (?, ?, ?, ?, 0, ?, 'sim')",
+                        [tick.instrument_key, tick.ts, tick.ltp, tick.ltq, tick.seq])
+    profiles = profile_from_duckdb(con, "SELECT * FROM ticks WHERE instrument_key = ? ORDER BY ts, seq", [FUT])
+    assert profiles == e.history + [e.profile]
+    assert profiles[-1].instrument_key == FUT and profiles[-1].volume_source == "ltq"
+    assert profiles[-1].prior.date == "2022-06-01"

@@ -256,3 +256,18 @@ def test_config_validation():
     with pytest.raises(ValueError):
         ProfileConfig(value_area_percent=0)
     assert ProfileConfig(row_size=5, tick_size=0.05).ticks_per_row == 100
+
+
+def test_calendar_from_plain_config_values():
+    cal = SessionCalendar.from_config({
+        "2024-01-20": {"open": "09:15", "close": "15:30", "kind": "extended", "note": "Saturday",
+                       "breaks": [["11:00", "11:30"]]},
+        "2024-11-01": ("18:00", "19:00", "muhurat")})
+    sat = cal.spec(ist_day(ist_ms("2024-01-20", "10:00")))
+    assert sat.kind == EXTENDED and sat.in_break(ist_ms("2024-01-20", "11:10")) and sat.note == "Saturday"
+    assert cal.spec(ist_day(ist_ms("2024-11-01", "10:00"))).open_ms == ist_ms("2024-11-01", "18:00")
+    assert cal.spec(ist_day(ist_ms("2021-02-24", "10:00"))).kind == EXTENDED     # NSE defaults kept
+    with pytest.raises(ValueError):
+        SessionCalendar.from_config({"2024-01-20": ("09:15", "25:00", "regular")})
+    with pytest.raises(ValueError):
+        SessionCalendar.from_config({"2024-01-20": ("09:15", "15:30", "party")})

@@ -68,8 +68,9 @@ def tpo_histogram(lo_rows: np.ndarray, hi_rows: np.ndarray) -> tuple[int, np.nda
 
 def select_poc(counts: np.ndarray) -> int:
     """Index of the point of control: the row with the most TPOs (or volume). Ties go to the row
-    nearest the middle of the profile's range, then to the lower row (CBOT Handbook: "the POC
-    closest to the centre of the range"). Raises ``ValueError`` on an empty array."""
+    nearest the middle of the profile's range (counted in rows: the centre of the printed chart),
+    then to the lower row (CBOT Handbook: "the POC closest to the centre of the range").
+    Raises ``ValueError`` on an empty array."""
     if len(counts) == 0:
         raise ValueError("empty profile")
     top = counts.max()

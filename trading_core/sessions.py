@@ -200,6 +200,37 @@ class SessionCalendar:
         return SessionSpec(day, base + parse_hhmm(sp.open) * MINUTE_MS,
                            base + parse_hhmm(sp.close) * MINUTE_MS, sp.kind, breaks, sp.note)
 
+    @classmethod
+    def from_config(cls, special: Mapping[str, Mapping | tuple] | None = None, open: str = "09:15",
+                    close: str = "15:30", include_nse_defaults: bool = True) -> "SessionCalendar":
+        """A calendar from plain config values, e.g. in ``config.py``::
+
+            PROFILE_SESSIONS = {"2024-01-20": {"open": "09:15", "close": "15:30", "kind": "extended",
+                                               "note": "special Saturday session"},
+                                "2024-11-01": ("18:00", "19:00", "muhurat")}
+
+        Each value is a mapping with ``open``, ``close``, ``kind`` (and optional ``breaks`` as
+        ``[["HH:MM", "HH:MM"], ...]`` and ``note``) or a tuple ``(open, close, kind[, note])``.
+        Entries override :data:`NSE_SPECIAL_SESSIONS` (kept when ``include_nse_defaults``).
+        Raises ``ValueError`` on a malformed date, time or kind.
+        """
+        merged: dict[_dt.date, SpecialSession] = dict(NSE_SPECIAL_SESSIONS) if include_nse_defaults else {}
+        kinds = {REGULAR, EXTENDED, MUHURAT, INFERRED, HOLIDAY}
+        for date_text, value in (special or {}).items():
+            if isinstance(value, Mapping):
+                sp = SpecialSession(str(value["open"]), str(value["close"]), str(value["kind"]),
+                                    tuple((str(a), str(b)) for a, b in value.get("breaks", ())),
+                                    str(value.get("note", "")))
+            else:
+                sp = SpecialSession(str(value[0]), str(value[1]), str(value[2]),
+                                    note=str(value[3]) if len(value) > 3 else "")
+            if sp.kind not in kinds:
+                raise ValueError(f"session {date_text}: unknown kind {sp.kind!r}")
+            for hhmm in (sp.open, sp.close, *(t for pair in sp.breaks for t in pair)):
+                parse_hhmm(hhmm)
+            merged[_dt.date.fromisoformat(date_text)] = sp
+        return cls(open, close, merged)
+
     def with_special(self, extra: Mapping[_dt.date, SpecialSession]) -> "SessionCalendar":
         """A copy with ``extra`` special sessions added (they override existing dates)."""
         merged = dict(self.special)

@@ -23,6 +23,9 @@ ENV = {
     "strategies_path": "AMT_STRATEGIES",
     "log_dir": "AMT_LOG_DIR",
     "sim_seed": "AMT_SIM_SEED",
+    "query_endpoint": "AMT_QUERY_ENDPOINT",
+    "query_timeout_s": "AMT_QUERY_TIMEOUT_S",
+    "query_max_rows": "AMT_QUERY_MAX_ROWS",
     "access_token": "UPSTOX_ACCESS_TOKEN",
 }
 
@@ -42,6 +45,11 @@ class Settings:
     log_dir: Path
     sim_seed: int
     config_file: Path
+    # Research SQL (trading_core.query_server): where the ingestor serves read-only queries, and
+    # the per-query ceilings (seconds of wall time, rows of result).
+    query_endpoint: str = "tcp://127.0.0.1:5557"
+    query_timeout_s: float = 30.0
+    query_max_rows: int = 1_000_000
 
     def __repr__(self) -> str:  # the token must not leak through a debug print
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -103,4 +111,21 @@ def load(config_file: str | Path | None = None) -> Settings:
         log_dir=_abs(get("log_dir", "logs")),
         sim_seed=seed,
         config_file=path,
+        **_query_settings(path.name, get),
     )
+
+
+def _query_settings(name: str, get) -> dict:
+    """QUERY_ENDPOINT, QUERY_TIMEOUT_S, QUERY_MAX_ROWS; raises ``ValueError`` naming the field."""
+    endpoint = str(get("query_endpoint", "tcp://127.0.0.1:5557"))
+    if not endpoint.startswith(("tcp://", "ipc://")):
+        raise ValueError(f"{name}: QUERY_ENDPOINT must be tcp://HOST:PORT or ipc://PATH, got {endpoint!r}")
+    try:
+        timeout_s = float(get("query_timeout_s", 30.0))
+        max_rows = int(get("query_max_rows", 1_000_000))
+    except ValueError as exc:
+        raise ValueError(f"{name}: QUERY_TIMEOUT_S must be a number and QUERY_MAX_ROWS an integer "
+                         f"({exc})") from None
+    if timeout_s <= 0 or max_rows <= 0:
+        raise ValueError(f"{name}: QUERY_TIMEOUT_S and QUERY_MAX_ROWS must be positive")
+    return {"query_endpoint": endpoint, "query_timeout_s": timeout_s, "query_max_rows": max_rows}
