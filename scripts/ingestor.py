@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_handling.candles import CandleBuilder  # noqa: E402
+from scripts.profiles import ProfileFeed  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
              if feed == "replay" else f" (speed {args.speed:g})")
     counters.status = "running"
     publish = bus.publish_raw
+    profiles = ProfileFeed(bus.publish)
+    monotonic = time.monotonic
+    housekeeping_due = 0.0
     encode = m.encode
     tick_topic = m.tick_topic
     seq_offset = start_seq if feed == "sim" else 0
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 tick.seq += seq_offset
             publish(encode(tick_topic(tick.instrument_key), tick))
             writer.add_tick(tick)
+            profiles.on_tick(tick)
             for candle in builder.update(tick):
                 publish(encode(m.candle_topic(candle.instrument_key), candle))
                 writer.add_candle(candle)
@@ -174,15 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             counters.last_tick_ts = tick.ts
             if not counters.first_tick_ts:
                 counters.first_tick_ts = tick.ts
-            if counters.published & 255 == 0:
+            if (now := monotonic()) >= housekeeping_due:
+                housekeeping_due = now + 0.1
                 counters.last_tick_wall_ms = int(time.time() * 1000)
                 writer.maybe_handover()
+                profiles.publish_due(counters.last_tick_wall_ms)
         else:
             for candle in builder.flush():
                 publish(encode(m.candle_topic(candle.instrument_key), candle))
                 writer.add_candle(candle)
                 counters.candles += 1
             writer.handover()
+            profiles.publish_due(force=True)
             if feed == "replay":
                 persistence.finish_run(con, args.run_id)
             counters.status = "finished"

@@ -211,3 +211,34 @@ def hhmm_of(ts_ms: int) -> str:
     """IST ``HH:MM`` of an epoch-ms-UTC timestamp, for reason texts."""
     minutes = ((ts_ms + IST_OFFSET_MS) % DAY_MS) // 60_000
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+HHMM_PATTERN = "^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def hhmm_param(default: str, description: str) -> dict[str, Any]:
+    """JSON-Schema of an IST ``"HH:MM"`` parameter."""
+    return {"type": "string", "pattern": HHMM_PATTERN, "default": default, "description": description}
+
+
+def session_minute_ms(session: Session, hhmm: str) -> int:
+    """Epoch ms UTC of IST time ``hhmm`` on ``session``'s date."""
+    h, m = hhmm.split(":")
+    return session.day * DAY_MS - IST_OFFSET_MS + (int(h) * 60 + int(m)) * CANDLE_MS
+
+
+def check_window(params: dict[str, Any], first: str | None, last: str) -> None:
+    """Raise ``ValueError("params.<last>: ...")`` unless ``first < last`` within 09:15-15:30 IST."""
+    lo, hi = 9 * 60 + 15, 15 * 60 + 30
+
+    def minutes(hhmm: str) -> int:
+        h, m = hhmm.split(":")
+        return int(h) * 60 + int(m)
+
+    end = minutes(params[last])
+    start = minutes(params[first]) if first else lo
+    if first and not lo <= start <= hi:
+        raise ValueError(f"params.{first}: {params[first]!r} is outside the session 09:15-15:30")
+    if not start < end <= hi:
+        raise ValueError(f"params.{last}: {params[last]!r} must be after "
+                         f"{params[first] if first else '09:15'} and not after 15:30")

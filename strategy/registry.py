@@ -29,11 +29,21 @@ from typing import Any, Callable
 import jsonschema
 
 from strategy.base import Strategy, param_errors, schema_error_line
+from strategy.eighty_percent import EightyPercentRule
+from strategy.ib_acceptance import IBAcceptance
 from strategy.ib_breakout import IBBreakout
+from strategy.open_drive import OpenDrive
+from strategy.value_fade import ValueFade
 from trading_core.messages import Signal
 
 #: Class key used in ``"class"`` of the config -> Strategy subclass.
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {"ib_breakout": IBBreakout}
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {
+    "ib_breakout": IBBreakout,
+    "ib_acceptance": IBAcceptance,
+    "eighty_percent": EightyPercentRule,
+    "open_drive": OpenDrive,
+    "value_fade": ValueFade,
+}
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "strategies.schema.json"
 

@@ -26,7 +26,7 @@ def test_every_tick_written_including_last_partial_batch(tmp_path):
     writer.close()
     rows = con.execute("SELECT instrument_key, ts, ltp, ltq, oi, seq, source FROM ticks ORDER BY seq").fetchall()
     assert rows == [(t.instrument_key, t.ts, t.ltp, t.ltq, t.oi, t.seq, t.source) for t in data]
-    assert con.execute("SELECT last_seq FROM feed_runs").fetchone()[0] == 2_344
+    assert con.execute("SELECT last_seq FROM feed_runs").fetchall()[0][0] == 2_344
     assert persistence.start_run(con, "r1", "replay", "x") == 2_345  # a restart resumes after it
 
 
@@ -65,7 +65,7 @@ def test_ist_views(tmp_path):
     w = persistence.BatchWriter(con, "r", "replay")
     w.add_tick(m.Tick(instrument_key="K", ts=1_668_743_100_000, ltp=1.0))  # 2022-11-18 03:45 UTC
     w.close()
-    got = con.execute("SELECT time_ist::VARCHAR, date_ist::VARCHAR FROM ticks_ist").fetchone()
+    got = con.execute("SELECT time_ist::VARCHAR, date_ist::VARCHAR FROM ticks_ist").fetchall()[0]
     assert got == ("2022-11-18 09:15:00", "2022-11-18")
 
 

@@ -19,6 +19,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import INDEX_1MIN
+from trading_core.profile_batch import profile_from_duckdb
 from tests.system_harness import ROOT, System, free_port
 
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -56,6 +57,13 @@ def collect_ws(port: int, into: list, stop: threading.Event) -> None:
             time.sleep(0.2)
 
 
+def last_profile(messages: list, key: str) -> dict | None:
+    found = None
+    for msg in messages:
+        found = (msg.get("profiles") or {}).get(key) or found
+    return found
+
+
 def signals_seen(messages: list) -> list:
     found = []
     for msg in messages:
@@ -91,17 +99,25 @@ def test_replay_of_a_real_day_reaches_duckdb_and_the_browser(tmp_path):
     assert sig["strategy"] == "ib_breakout_nifty" and sig["instrument_key"] == "NSE_INDEX|Nifty 50"
 
     con = duckdb.connect(str(system.db), read_only=True)
-    n_ticks = con.execute("SELECT count(*) FROM ticks").fetchone()[0]
+    n_ticks = con.execute("SELECT count(*) FROM ticks").fetchall()[0][0]
     assert n_ticks == 4 * len(bars)
-    assert con.execute("SELECT count(DISTINCT seq) FROM ticks").fetchone()[0] == n_ticks
+    assert con.execute("SELECT count(DISTINCT seq) FROM ticks").fetchall()[0][0] == n_ticks
     rows = con.execute("SELECT ts, open, high, low, close, volume FROM candles_1m "
                        "WHERE instrument_key = 'NSE_INDEX|Nifty 50' ORDER BY ts").fetchall()
     candles = {r[0]: tuple(r[1:5]) for r in rows}
     assert candles == bars
     assert all(r[5] == 0 for r in rows), "an index has no volume"
-    ist = con.execute("SELECT min(time_ist)::VARCHAR FROM candles_1m_ist").fetchone()[0]
+    ist = con.execute("SELECT min(time_ist)::VARCHAR FROM candles_1m_ist").fetchall()[0][0]
     assert ist.startswith(f"{DAY} 09:0"), ist  # the pre-open call-auction bar
+
+    # The Market Profile the browser got is the one the batch path computes from the recorded ticks.
+    [batch] = profile_from_duckdb(con, "SELECT ts, ltp AS price, ltq AS qty FROM ticks ORDER BY seq",
+                                  instrument_key="NSE_INDEX|Nifty 50")
     con.close()
+    live = last_profile(received, "NSE_INDEX|Nifty 50")
+    assert live is not None, "no profile reached the WebSocket client"
+    assert (live["session"], live["poc"], live["vah"], live["val"], live["ib_high"], live["ib_low"]) == (
+        DAY, batch.poc, batch.vah, batch.val, batch.ib_high, batch.ib_low)
 
 
 def write_strategies(path: Path, names_keys: list[tuple[str, str]]) -> Path:
@@ -152,7 +168,7 @@ def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
     finally:
         system.close()
     con = duckdb.connect(str(system.db), read_only=True)
-    assert con.execute("SELECT count(*) FROM ticks WHERE source = 'sim'").fetchone()[0] > 0
+    assert con.execute("SELECT count(*) FROM ticks WHERE source = 'sim'").fetchall()[0][0] > 0
     con.close()
     for f in [*system.logs.iterdir(), system.db, tmp_path / "run.out"]:
         assert token.encode() not in f.read_bytes(), f"the access token leaked into {f.name}"

@@ -214,9 +214,9 @@ class BatchWriter:
 
 def start_run(con: duckdb.DuckDBPyConnection, run_id: str, source: str, path: str) -> int:
     """Register feed run ``run_id``; return the seq to start from (0, or last_seq + 1 on resume)."""
-    row = con.execute("SELECT last_seq FROM feed_runs WHERE run_id = ?", [run_id]).fetchone()
-    if row is not None:
-        return int(row[0]) + 1
+    rows = con.execute("SELECT last_seq FROM feed_runs WHERE run_id = ?", [run_id]).fetchall()
+    if rows:
+        return int(rows[0][0]) + 1
     con.execute("INSERT INTO feed_runs VALUES (?, ?, ?, ?, -1, false)",
                 [run_id, source, path, int(time.time() * 1000)])
     return 0
@@ -235,7 +235,7 @@ def clear_replayed_range(con: duckdb.DuckDBPyConnection, keys: list[str], first_
         return 0
     placeholders = ",".join("?" * len(keys))
     n = con.execute(f"SELECT count(*) FROM ticks WHERE source = 'replay' AND instrument_key IN "
-                    f"({placeholders}) AND ts BETWEEN ? AND ?", [*keys, first_ts, last_ts]).fetchone()[0]
+                    f"({placeholders}) AND ts BETWEEN ? AND ?", [*keys, first_ts, last_ts]).fetchall()[0][0]
     for table, lo in (("ticks", first_ts), ("candles_1m", first_ts - first_ts % 60_000)):
         con.execute(f"DELETE FROM {table} WHERE source = 'replay' AND instrument_key IN "
                     f"({placeholders}) AND ts BETWEEN ? AND ?", [*keys, lo, last_ts])

@@ -1,0 +1,453 @@
+"""Research tables, views and table macros in the ingestor's DuckDB file, and how they are kept.
+
+All timestamps ``ts`` are epoch milliseconds UTC; ``time_ist`` is a TIMESTAMP in Asia/Kolkata
+(UTC+05:30, no DST) and ``date_ist`` its DATE; prices are rupees, quantities units.
+
+From :mod:`trading_core.persistence` (recorded by the ingestor):
+
+``ticks`` / ``ticks_ist``
+    every tick: ``instrument_key, ts, ltp, ltq, oi, seq, source`` (+ ``time_ist, date_ist``).
+``candles_1m`` / ``candles_1m_ist``
+    closed 1-minute bars: ``instrument_key, ts`` (bar open), ``open, high, low, close, volume,
+    oi, ticks, source`` (+ ``time_ist, date_ist``).
+``feed_runs``
+    one row per ingestor feed run.
+
+Added here:
+
+``candles(interval_minutes)`` (table macro)
+    N-minute bars built from ``candles_1m``, aligned to 09:15 IST every day (a 75-minute bar
+    starts at 09:15, 10:30, 11:45, …; pre-open minutes fall in the bar before 09:15):
+    ``instrument_key, source, ts, time_ist, date_ist, open, high, low, close, volume, oi,
+    ticks, bars`` (``bars``: 1-minute bars inside). Example: ``FROM candles(15)``.
+``tick_candles(interval_seconds)`` (table macro)
+    bars of any number of seconds built from ``ticks`` (aligned to 09:15:00 IST), same columns
+    with ``ticks`` the prints inside; first/last print by ``seq``.
+``signals`` / ``signals_ist``
+    every ``signal.<strategy>`` message the ingestor saw on the bus: ``strategy,
+    instrument_key, ts, side, entry, stop_loss, target, reason, received_ms`` (wall clock),
+    ``source`` (the ingestor's feed: sim | replay | upstox), ``run_id``. Replaying a range again
+    replaces the earlier replay's signals of those instruments in that range, like ticks.
+    Signals published while the ingestor is down are not recorded.
+``signal_outcomes`` (view)
+    a *simulated* outcome of each signal on the recorded 1-minute candles of its day, starting
+    with the minute after the signal: ``exit_reason`` = ``stop`` (the stop-loss traded; checked
+    first when a bar touches both), ``target``, or ``close`` (last bar of the day); ``exit``,
+    ``exit_ts``, ``pnl_points`` (rupees per unit, signed by side), ``r_multiple`` (PnL over the
+    planned risk). No fills, slippage or costs: orders and real trades belong to the execution
+    service (issue 6), which will add its own ``orders``/``trades`` tables.
+``sessions``
+    one row per instrument, feed source and IST date with the Market Profile levels
+    (:func:`trading_core.profile_batch.compute_profiles` on that instrument's 1-minute candles,
+    so TPO levels equal the live engine's; volume-at-price is at 1-minute resolution):
+    ``session_kind, closed, open, high, low, close, poc, vah, val, volume_poc, volume_vah,
+    volume_val, volume_source, ib_high, ib_low, ib_range, ext_up, ext_down, open_type, day_type,
+    open_vs_prior_value, open_vs_prior_range, value_relation, balance, prior_high, prior_low,
+    prior_close, prior_poc, prior_vah, prior_val, poor_high, poor_low, row_size, prints, bars,
+    last_bar_ts, computed_ms``.
+
+How ``sessions`` stays current (decision): it is derived data, so it is computed on demand,
+not on every tick. Before any query that reads ``sessions``, the query service (in the
+ingestor, the file's only writer) recomputes the sessions whose candles changed since they
+were stored (count or last bar differs) and stores them; a day still trading is stored with
+``closed = false`` and recomputed on the next query. When the system is stopped and the file is
+opened read-only, stale sessions are computed in memory for that query (a temporary table that
+shadows the stored one). So ``sessions`` is always consistent with ``candles_1m`` at query time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Iterable
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from trading_core import messages as m
+
+log = logging.getLogger("views")
+
+TABLES = {
+    "signals": """(
+    strategy VARCHAR NOT NULL, instrument_key VARCHAR NOT NULL, ts BIGINT NOT NULL,
+    side VARCHAR NOT NULL, entry DOUBLE NOT NULL, stop_loss DOUBLE NOT NULL, target DOUBLE NOT NULL,
+    reason VARCHAR NOT NULL, received_ms BIGINT NOT NULL, source VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL)""",
+    "sessions": """(
+    instrument_key VARCHAR NOT NULL, source VARCHAR NOT NULL, date DATE NOT NULL,
+    session_kind VARCHAR, closed BOOLEAN, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE,
+    poc DOUBLE, vah DOUBLE, val DOUBLE, volume_poc DOUBLE, volume_vah DOUBLE, volume_val DOUBLE,
+    volume_source VARCHAR, ib_high DOUBLE, ib_low DOUBLE, ib_range DOUBLE, ext_up DOUBLE,
+    ext_down DOUBLE, open_type VARCHAR, day_type VARCHAR, open_vs_prior_value VARCHAR,
+    open_vs_prior_range VARCHAR, value_relation VARCHAR, balance VARCHAR, prior_high DOUBLE,
+    prior_low DOUBLE, prior_close DOUBLE, prior_poc DOUBLE, prior_vah DOUBLE, prior_val DOUBLE,
+    poor_high BOOLEAN, poor_low BOOLEAN, row_size DOUBLE, prints BIGINT, bars BIGINT,
+    last_bar_ts BIGINT, computed_ms BIGINT)""",
+}
+
+# 09:15 IST as minutes after midnight; IST offset in ms.
+_IST_MS = 19_800_000
+_DAY_MS = 86_400_000
+_OPEN_MS = (9 * 60 + 15) * 60_000
+
+VIEWS = {
+    "signals_ist": """
+    SELECT *, make_timestamp(ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
+           CAST(make_timestamp(ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist
+    FROM signals""",
+    "signal_outcomes": """
+    WITH s AS (
+        SELECT strategy, instrument_key, ts, side, entry, stop_loss, target, reason, source, run_id,
+               time_ist, date_ist, ts - ts % 60000 + 60000 AS from_ts
+        FROM signals_ist),
+    path AS (
+        SELECT s.strategy, s.instrument_key, s.ts, s.source,
+               min(c.ts) FILTER (WHERE CASE WHEN s.side = 'BUY' THEN c.low <= s.stop_loss
+                                            ELSE c.high >= s.stop_loss END) AS stop_ts,
+               min(c.ts) FILTER (WHERE CASE WHEN s.side = 'BUY' THEN c.high >= s.target
+                                            ELSE c.low <= s.target END) AS target_ts,
+               arg_max(c.close, c.ts) AS last_close, max(c.ts) AS last_ts, count(*) AS bars
+        FROM s JOIN candles_1m_ist c
+          ON c.instrument_key = s.instrument_key AND c.source = s.source
+         AND c.date_ist = s.date_ist AND c.ts >= s.from_ts
+        GROUP BY ALL),
+    o AS (
+        SELECT s.*, p.bars,
+               CASE WHEN p.stop_ts IS NOT NULL AND (p.target_ts IS NULL OR p.stop_ts <= p.target_ts)
+                         THEN 'stop'
+                    WHEN p.target_ts IS NOT NULL THEN 'target'
+                    WHEN p.last_ts IS NOT NULL THEN 'close' END AS exit_reason,
+               CASE WHEN p.stop_ts IS NOT NULL AND (p.target_ts IS NULL OR p.stop_ts <= p.target_ts)
+                         THEN p.stop_ts
+                    WHEN p.target_ts IS NOT NULL THEN p.target_ts ELSE p.last_ts END AS exit_ts,
+               CASE WHEN p.stop_ts IS NOT NULL AND (p.target_ts IS NULL OR p.stop_ts <= p.target_ts)
+                         THEN s.stop_loss
+                    WHEN p.target_ts IS NOT NULL THEN s.target ELSE p.last_close END AS exit
+        FROM s LEFT JOIN path p USING (strategy, instrument_key, ts, source))
+    SELECT strategy, instrument_key, ts, time_ist, date_ist, side, entry, stop_loss, target, reason,
+           source, run_id, exit_reason, exit, exit_ts, coalesce(bars, 0) AS bars,
+           round((exit - entry) * CASE WHEN side = 'BUY' THEN 1 ELSE -1 END, 4) AS pnl_points,
+           round((exit - entry) * CASE WHEN side = 'BUY' THEN 1 ELSE -1 END
+                 / nullif(abs(entry - stop_loss), 0), 3) AS r_multiple
+    FROM o""",
+}
+
+MACROS = {
+    "candles": f"""(interval_minutes) AS TABLE
+    WITH b AS (
+        SELECT *, (ts + {_IST_MS}) // {_DAY_MS} * {_DAY_MS} + {_OPEN_MS}
+                  + CAST(floor(((ts + {_IST_MS}) % {_DAY_MS} - {_OPEN_MS})
+                               / (CAST(interval_minutes AS DOUBLE) * 60000)) AS BIGINT)
+                    * CAST(interval_minutes * 60000 AS BIGINT) - {_IST_MS} AS bar_ts
+        FROM candles_1m)
+    SELECT instrument_key, source, bar_ts AS ts,
+           make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
+           CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
+           arg_min(open, ts) AS open, max(high) AS high, min(low) AS low,
+           arg_max(close, ts) AS close, sum(volume) AS volume, arg_max(oi, ts) AS oi,
+           sum(ticks) AS ticks, count(*) AS bars
+    FROM b GROUP BY instrument_key, source, bar_ts""",
+    "tick_candles": f"""(interval_seconds) AS TABLE
+    WITH b AS (
+        SELECT *, (ts + {_IST_MS}) // {_DAY_MS} * {_DAY_MS} + {_OPEN_MS}
+                  + CAST(floor(((ts + {_IST_MS}) % {_DAY_MS} - {_OPEN_MS})
+                               / (CAST(interval_seconds AS DOUBLE) * 1000)) AS BIGINT)
+                    * CAST(interval_seconds * 1000 AS BIGINT) - {_IST_MS} AS bar_ts
+        FROM ticks)
+    SELECT instrument_key, source, bar_ts AS ts,
+           make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
+           CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
+           arg_min(ltp, seq) AS open, max(ltp) AS high, min(ltp) AS low,
+           arg_max(ltp, seq) AS close, sum(ltq) AS volume, arg_max(oi, seq) AS oi,
+           count(*) AS ticks
+    FROM b GROUP BY instrument_key, source, bar_ts""",
+}
+
+OBJECTS = (*TABLES, *VIEWS, *MACROS)
+
+
+def install(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the research tables (if missing) and (re)create the views and macros in ``con``'s
+    database. Needs the tables of :mod:`trading_core.persistence` (run after ``connect``)."""
+    for name, cols in TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} {cols}")
+    for name, body in VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    for name, body in MACROS.items():
+        con.execute(f"CREATE OR REPLACE MACRO {name}{body}")
+
+
+def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """On a read-only connection: create, as temporary objects, whatever research object the file
+    lacks (a file recorded before they existed). Returns the names created."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    macros = {r[0] for r in con.execute("SELECT function_name FROM duckdb_functions() "
+                                        "WHERE function_type = 'table_macro'").fetchall()}
+    if not {"ticks", "candles_1m"} <= tables:
+        from trading_core.persistence import SCHEMA  # an empty or foreign file: the base schema too
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                con.execute(stmt.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS")
+                            .replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
+        tables |= {"ticks", "candles_1m", "feed_runs"}
+    made = []
+    for name, cols in TABLES.items():
+        if name not in tables:
+            con.execute(f"CREATE TEMP TABLE {name} {cols}")
+            made.append(name)
+    for name, body in VIEWS.items():
+        if name not in views:
+            con.execute(f"CREATE TEMP VIEW {name} AS {body}")
+            made.append(name)
+    for name, body in MACROS.items():
+        if name not in macros:
+            con.execute(f"CREATE TEMP MACRO {name}{body}")
+            made.append(name)
+    return made
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+def insert_signal(con: duckdb.DuckDBPyConnection, sig: m.Signal, source: str, run_id: str,
+                  received_ms: int) -> None:
+    """Store one signal (one row; signals are rare)."""
+    con.execute("INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [sig.strategy, sig.instrument_key, sig.ts, sig.side, sig.entry, sig.stop_loss,
+                 sig.target, sig.reason, received_ms, source, run_id])
+
+
+def clear_replayed_signals(con: duckdb.DuckDBPyConnection, keys: list[str], first_ts: int,
+                           last_ts: int) -> int:
+    """Delete earlier *replay* signals of ``keys`` with ``ts`` in ``[first_ts, last_ts]`` (the
+    companion of :func:`trading_core.persistence.clear_replayed_range`). Returns rows deleted."""
+    if not keys:
+        return 0
+    marks = ",".join("?" * len(keys))
+    where = f"source = 'replay' AND instrument_key IN ({marks}) AND ts BETWEEN ? AND ?"
+    n = con.execute(f"SELECT count(*) FROM signals WHERE {where}", [*keys, first_ts, last_ts]).fetchone()[0]
+    if n:
+        con.execute(f"DELETE FROM signals WHERE {where}", [*keys, first_ts, last_ts])
+    return int(n)
+
+
+class SignalRecorder:
+    """Subscribes to ``signal.`` on the bus and stores every signal in ``signals`` from its own
+    thread and cursor. :meth:`start` waits until the subscription is live at the bus (so the
+    feed may start right after), :meth:`stop` drains what already arrived and stops."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, bus_pub: str, bus_sub: str, source: str,
+                 run_id: str):
+        self.cur = con.cursor()
+        self.bus_pub, self.bus_sub = bus_pub, bus_sub
+        self.source, self.run_id = source, run_id
+        self.recorded = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="signal-recorder", daemon=True)
+
+    def start(self, ready_timeout_s: float = 10.0) -> bool:
+        """Start; returns True once the subscription is live (False after ``ready_timeout_s``)."""
+        self._thread.start()
+        return self._ready.wait(ready_timeout_s)
+
+    def _run(self) -> None:
+        from trading_core.bus import BusClient, now_ms
+        bus = BusClient(self.bus_pub, self.bus_sub, [m.SIGNAL + "."])
+        try:
+            if not bus.wait_ready(10):
+                log.warning("signal recorder: no bus round trip within 10 s; recording anyway")
+            self._ready.set()
+            while True:
+                got = None
+                try:
+                    got = bus.recv(200)
+                except ValueError as exc:
+                    self.errors += 1
+                    log.warning("signal recorder: undecodable frame skipped (%s)", exc)
+                if got is None:
+                    if self._stop.is_set():
+                        return
+                    continue
+                _, msg = got
+                if not isinstance(msg, m.Signal):
+                    continue
+                try:
+                    insert_signal(self.cur, msg, self.source, self.run_id, now_ms())
+                    self.recorded += 1
+                except duckdb.Error:
+                    self.errors += 1
+                    log.exception("signal recorder: could not store a signal of %s", msg.strategy)
+        finally:
+            self._ready.set()
+            bus.close()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Store the signals already received, then stop the thread and close the cursor."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        try:
+            self.cur.close()
+        except duckdb.Error:
+            pass
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+_STALE_SQL = """
+    WITH c AS (SELECT instrument_key, source, date_ist AS date, count(*) AS bars, max(ts) AS last_bar_ts
+               FROM candles_1m_ist GROUP BY ALL)
+    SELECT DISTINCT c.instrument_key, c.source
+    FROM c LEFT JOIN sessions s USING (instrument_key, source, date)
+    WHERE s.bars IS DISTINCT FROM c.bars OR s.last_bar_ts IS DISTINCT FROM c.last_bar_ts
+    UNION
+    SELECT DISTINCT s.instrument_key, s.source FROM sessions s
+    WHERE NOT EXISTS (SELECT 1 FROM candles_1m_ist c WHERE c.instrument_key = s.instrument_key
+                      AND c.source = s.source AND c.date_ist = s.date)"""
+
+SESSION_COLUMNS = [c.split()[0] for c in " ".join(TABLES["sessions"].strip("()").split()).split(", ")]
+
+
+def stale_keys(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(instrument_key, source) pairs whose stored sessions differ from their candles."""
+    return [(r[0], r[1]) for r in con.execute(_STALE_SQL).fetchall()]
+
+
+def compute_sessions(con: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str]]) -> pa.Table:
+    """Session rows (the ``sessions`` columns) of every date of each (instrument_key, source) in
+    ``keys``, computed from their 1-minute candles read through ``con``. Instruments whose candles
+    cannot be profiled are logged and skipped."""
+    from trading_core.profile_batch import compute_profiles
+    keys = list(keys)
+    rows: list[dict] = []
+    if keys:
+        con.execute("CREATE OR REPLACE TEMP TABLE _session_keys (instrument_key VARCHAR, source VARCHAR)")
+        con.executemany("INSERT INTO _session_keys VALUES (?, ?)", keys)
+        df = con.sql("""SELECT c.instrument_key, c.source, c.ts, c.open, c.high, c.low, c.close, c.volume
+                        FROM candles_1m c JOIN _session_keys k USING (instrument_key, source)
+                        ORDER BY c.instrument_key, c.source, c.ts""").pl()
+        con.execute("DROP TABLE IF EXISTS _session_keys")
+        day = ((df["ts"] + _IST_MS) // _DAY_MS) if df.height else pl.Series([], dtype=pl.Int64)
+        counts = df.with_columns(day=day).group_by("instrument_key", "source", "day").agg(
+            bars=pl.len(), last_bar_ts=pl.col("ts").max()) if df.height else None
+        stats = {} if counts is None else {
+            (r["instrument_key"], r["source"], r["day"]): (r["bars"], r["last_bar_ts"])
+            for r in counts.iter_rows(named=True)}
+        now = int(time.time() * 1000)
+        for (key, source), part in df.partition_by(["instrument_key", "source"], as_dict=True,
+                                                   maintain_order=True).items() if df.height else []:
+            try:
+                profiles = compute_profiles(part.drop("instrument_key", "source"), instrument_key=key)
+            except (ValueError, KeyError) as exc:
+                log.warning("sessions: cannot profile %s (%s): %s", key, source, exc)
+                continue
+            for p in profiles:
+                d = _date_day(p.session)
+                bars, last = stats.get((key, source, d), (0, None))
+                pr = p.prior
+                rows.append(dict(
+                    instrument_key=key, source=source, date=p.session, session_kind=p.session_kind,
+                    closed=p.closed, open=p.open, high=p.high, low=p.low, close=p.last, poc=p.poc,
+                    vah=p.vah, val=p.val, volume_poc=p.volume_poc, volume_vah=p.volume_vah,
+                    volume_val=p.volume_val, volume_source=p.volume_source, ib_high=p.ib_high,
+                    ib_low=p.ib_low, ib_range=p.ib_range, ext_up=p.ext_up, ext_down=p.ext_down,
+                    open_type=p.open_type, day_type=p.day_type,
+                    open_vs_prior_value=p.open_vs_prior_value, open_vs_prior_range=p.open_vs_prior_range,
+                    value_relation=p.value_relation, balance=p.balance,
+                    prior_high=pr.high if pr else None, prior_low=pr.low if pr else None,
+                    prior_close=pr.close if pr else None, prior_poc=pr.poc if pr else None,
+                    prior_vah=pr.vah if pr else None, prior_val=pr.val if pr else None,
+                    poor_high=p.poor_high, poor_low=p.poor_low, row_size=p.row_size,
+                    prints=p.prints, bars=bars, last_bar_ts=last, computed_ms=now))
+    return _sessions_arrow(rows)
+
+
+def _date_day(iso: str) -> int:
+    import datetime as _dt
+    return (_dt.date.fromisoformat(iso) - _dt.date(1970, 1, 1)).days
+
+
+def _sessions_arrow(rows: list[dict]) -> pa.Table:
+    types = {"VARCHAR": pa.string(), "DATE": pa.date32(), "BOOLEAN": pa.bool_(), "DOUBLE": pa.float64(),
+             "BIGINT": pa.int64()}
+    fields = []
+    for col in " ".join(TABLES["sessions"].strip("()").split()).split(", "):
+        parts = col.split()
+        fields.append(pa.field(parts[0], types[parts[1]]))
+    schema = pa.schema(fields)
+    if not rows:
+        return schema.empty_table()
+    import datetime as _dt
+    for r in rows:
+        r["date"] = _dt.date.fromisoformat(r["date"])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_refresh_lock = threading.Lock()
+
+
+def refresh_sessions(con: duckdb.DuckDBPyConnection) -> int:
+    """Recompute and store the stale sessions (see the module doc). Writes: call only on the
+    owner's read-write connection (the query service's cursor). Returns session rows written."""
+    with _refresh_lock:
+        keys = stale_keys(con)
+        if not keys:
+            return 0
+        started = time.perf_counter()
+        table = compute_sessions(con, keys)
+        con.execute("BEGIN")
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _stale (instrument_key VARCHAR, source VARCHAR)")
+            con.executemany("INSERT INTO _stale VALUES (?, ?)", keys)
+            con.execute("DELETE FROM sessions USING _stale WHERE sessions.instrument_key = "
+                        "_stale.instrument_key AND sessions.source = _stale.source")
+            con.register("_session_rows", table)
+            con.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) SELECT * FROM _session_rows")
+            con.unregister("_session_rows")
+            con.execute("DROP TABLE _stale")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("sessions: %d rows of %d instruments refreshed in %.0f ms", table.num_rows, len(keys),
+                 (time.perf_counter() - started) * 1000)
+        return table.num_rows
+
+
+def before_query(con: duckdb.DuckDBPyConnection, checked) -> None:
+    """The query service's hook: refresh ``sessions`` before a query that reads it."""
+    if "sessions" in checked.tables:
+        refresh_sessions(con)
+
+
+def before_query_read_only(con: duckdb.DuckDBPyConnection, checked) -> None:
+    """On a read-only connection: if the query reads ``sessions`` and some are stale, shadow the
+    stored table with a temporary one holding the stored rows that are current plus the stale
+    ones computed now."""
+    if "sessions" not in checked.tables:
+        return
+    keys = stale_keys(con)
+    if not keys:
+        return
+    fresh = compute_sessions(con, keys)
+    cols = ", ".join(SESSION_COLUMNS)
+    stored = pa.Table.from_batches([], schema=fresh.schema)
+    db = con.execute("SELECT current_database()").fetchone()[0]
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+                   "AND table_name = 'sessions'", [db]).fetchone()[0]:
+        con.execute("CREATE OR REPLACE TEMP TABLE _stale (instrument_key VARCHAR, source VARCHAR)")
+        con.executemany("INSERT INTO _stale VALUES (?, ?)", keys)
+        stored = con.sql(f"""SELECT {cols} FROM "{db}".main.sessions s WHERE NOT EXISTS (
+            SELECT 1 FROM _stale k WHERE k.instrument_key = s.instrument_key AND k.source = s.source)""").arrow()
+        if isinstance(stored, pa.RecordBatchReader):
+            stored = stored.read_all()
+        con.execute("DROP TABLE _stale")
+    both = pa.concat_tables([stored.cast(fresh.schema), fresh])
+    con.register("_session_rows", both)
+    con.execute("CREATE OR REPLACE TEMP TABLE sessions AS SELECT * FROM _session_rows")
+    con.unregister("_session_rows")
