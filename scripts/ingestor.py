@@ -27,6 +27,7 @@ from scripts.profiles import ProfileFeed  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
+from trading_core import query as query_mod, query_server, views  # noqa: E402
 
 SERVICE = "ingestor"
 
@@ -85,7 +86,7 @@ class Counters:
 
 
 def health_loop(settings, counters: Counters, writer: persistence.BatchWriter, feed: str,
-                stop: threading.Event) -> None:
+                stop: threading.Event, extra=lambda: {}) -> None:
     """Publish ``health.ingestor`` once a second from its own socket (ZeroMQ sockets are per thread)."""
     bus = BusClient(settings.bus_pub, settings.bus_sub)
     reporter = service.HealthReporter(bus, SERVICE)
@@ -95,11 +96,44 @@ def health_loop(settings, counters: Counters, writer: persistence.BatchWriter, f
                           ticks_written=writer.rows_written, candles=counters.candles,
                           replay_total=counters.total, last_tick_ts=counters.last_tick_ts,
                           last_tick_wall_ms=counters.last_tick_wall_ms,
-                          last_flush_ms=round(writer.last_flush_ms, 3))
+                          last_flush_ms=round(writer.last_flush_ms, 3), **extra())
             stop.wait(1.0)
         reporter.send("stopping", ticks_published=counters.published, ticks_written=writer.rows_written)
     finally:
         bus.close()
+
+
+def connect_waiting(path: Path, wait_s: float = 10.0):
+    """``persistence.connect``, retrying for up to ``wait_s`` while the file is locked: a research
+    query that opened it read-only a moment before the system started holds it briefly."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = persistence.connect(path)
+            break
+        except persistence.DatabaseLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    views.install(con)
+    return con
+
+
+def start_query_server(con, settings: settings_mod.Settings, log) -> query_server.QueryServer | None:
+    """Serve research SQL on ``QUERY_ENDPOINT`` (see trading_core/query_server.py). Recording
+    matters more than research: if the endpoint cannot be bound, log it and go on without."""
+    server = query_server.QueryServer(
+        con, settings.query_endpoint,
+        query_mod.Limits(settings.query_timeout_s, settings.query_max_rows),
+        before_query=views.before_query, db_label=str(settings.duckdb_path))
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - zmq.ZMQError (address in use), bad endpoint
+        log.error("query service not started on %s (%s); research queries will fail until the "
+                  "ingestor restarts", settings.query_endpoint, exc)
+        server.stop()
+        return None
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         source = make_source(feed, args, settings, sleep)
-        con = persistence.connect(settings.duckdb_path)
+        con = connect_waiting(settings.duckdb_path)
     except (ValueError, FileNotFoundError, persistence.DatabaseLockedError) as exc:
         service.fatal(log, f"ingestor: {exc}")
 
@@ -136,17 +170,29 @@ def main(argv: list[str] | None = None) -> int:
                     int(frame["ts"].min()), int(frame["ts"].max()))
                 if deleted:
                     log.info("replaced %d ticks of an earlier replay of the same range", deleted)
+                views.clear_replayed_signals(con, frame["instrument_key"].unique().to_list(),
+                                             int(frame["ts"].min()), int(frame["ts"].max()))
         else:
             for tick in persistence.forming_ticks(con, "replay"):
                 builder.update(tick)
             log.info("resuming replay run %s at tick %d of %d", args.run_id, start_seq, len(source))
     writer = persistence.BatchWriter(con, args.run_id, feed)
+    queries = start_query_server(con, settings, log)
+    signals = views.SignalRecorder(con, settings.bus_pub, settings.bus_sub, feed, args.run_id)
+    if not signals.start():
+        log.warning("signal recorder not subscribed after 10 s; early signals may be missed")
+
+    def research_health() -> dict:
+        return {"signals_recorded": signals.recorded,
+                "query": queries.stats() if queries else {"endpoint": settings.query_endpoint,
+                                                          "status": "unavailable"}}
 
     bus = BusClient(settings.bus_pub, settings.bus_sub)
     if not bus.wait_ready(15):
         log.warning("bus at %s did not answer within 15 s; publishing anyway", settings.bus_pub)
     health_stop = threading.Event()
-    health = threading.Thread(target=health_loop, args=(settings, counters, writer, feed, health_stop),
+    health = threading.Thread(target=health_loop, args=(settings, counters, writer, feed, health_stop,
+                                                                  research_health),
                               name="health", daemon=True)
     health.start()
 
@@ -204,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             for candle in builder.flush():
                 writer.add_candle(candle)
     finally:
+        if queries:
+            queries.stop()       # cancels a running research query first: the flush matters more
         writer.close()
+        signals.stop()
         health_stop.set()
         health.join(timeout=2)
         bus.close()

@@ -77,6 +77,73 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=Fals
     v: int = SCHEMA_VERSION
 
 
+class DepthLevel(msgspec.Struct, array_like=True):
+    """One level of an order book, on the wire as ``[bid_qty, bid, ask_qty, ask]`` (units, rupees)."""
+
+    bid_qty: int = 0
+    bid: float = 0.0
+    ask_qty: int = 0
+    ask: float = 0.0
+
+
+class OhlcBar(msgspec.Struct, array_like=True):
+    """An OHLC bar a live feed carries, on the wire as ``[interval, open, high, low, close, volume, ts]``.
+
+    Upstox sends ``"1d"`` (the session so far) and ``"I1"`` (1-minute bars); ``ts`` is the bar's
+    start, epoch ms UTC; prices rupees; volume units.
+    """
+
+    interval: str = ""
+    open: float = 0.0
+    high: float = 0.0
+    low: float = 0.0
+    close: float = 0.0
+    volume: int = 0
+    ts: int = 0
+
+
+class Quote(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a live feed carries beyond the print (Upstox V3 ``full``/``option_greeks`` modes).
+
+    A field is None when the subscription's mode does not carry it (``ltpc`` carries only
+    ``cp``); a field the mode carries but the frame left at its protobuf default is 0.
+    ``mode``: ``ltpc`` | ``full`` | ``option_greeks`` | ``full_d30``. ``feed_ts``: the frame's
+    ``currentTs`` (epoch ms UTC). ``cp``: previous session's close. ``vtt``: volume traded today
+    (units). ``atp``: average traded price today. ``tbq``/``tsq``: total bid/ask quantity
+    pending. ``bid``/``ask`` (+ ``_qty``): best level; ``depth``: every level sent (5 in
+    ``full``, 30 in ``full_d30``, 1 in ``option_greeks``). ``iv``: implied volatility;
+    ``delta``..``rho``: option greeks. ``iep``/``ieq``: pre-open indicative price/quantity;
+    ``rp``, ``iiq_total``, ``iiq_m``, ``cas_eligible``: as Upstox sends them. Prices rupees.
+    Encoded without its None fields, so a quote costs only what it carries.
+    """
+
+    mode: str = ""
+    feed_ts: int = 0
+    cp: float | None = None
+    vtt: int | None = None
+    atp: float | None = None
+    tbq: float | None = None
+    tsq: float | None = None
+    bid: float | None = None
+    bid_qty: int | None = None
+    ask: float | None = None
+    ask_qty: int | None = None
+    depth: list[DepthLevel] | None = None
+    iv: float | None = None
+    delta: float | None = None
+    theta: float | None = None
+    gamma: float | None = None
+    vega: float | None = None
+    rho: float | None = None
+    ohlc: list[OhlcBar] | None = None
+    iep: float | None = None
+    ieq: int | None = None
+    rp: float | None = None
+    iiq_total: int | None = None
+    iiq_m: int | None = None
+    cas_eligible: bool | None = None
+
+
 class Tick(Message, tag="tick"):
     """One trade print or quote update of one instrument.
 
@@ -85,6 +152,9 @@ class Tick(Message, tag="tick"):
     e.g. an index). ``oi``: open interest after the trade, units (0 if none).
     ``seq``: position in the source's stream (monotonic per ingestor run), so
     prints sharing a timestamp keep their order.
+    ``backfilled``: True for a tick made after a feed gap from the broker's 1-minute candles
+    (never published on the bus, only stored). ``quote``: depth, volume and greeks of a live
+    feed (see :class:`Quote`); None from sources that have none (simulator, replay).
     """
 
     instrument_key: str
@@ -94,6 +164,8 @@ class Tick(Message, tag="tick"):
     oi: float = 0.0
     seq: int = 0
     source: str = "sim"
+    backfilled: bool = False
+    quote: Quote | None = None
 
 
 class Candle(Message, tag="candle"):
@@ -245,6 +317,29 @@ class Profile(Message, tag="profile"):
     periods: list[list[Any]] = []
 
 
+# --- market status (appended: data_handling.upstox_feed) -----------------------------------------
+MARKET = "market"            # market.status
+
+
+def market_status_topic() -> str:
+    """Topic of the exchange segments' trading status, ``market.status``."""
+    return f"{MARKET}.status"
+
+
+class MarketStatus(Message, tag="market_status"):
+    """Trading status of each exchange segment, from the live feed's market-info message.
+
+    ``ts``: the feed's time of the message (epoch ms UTC). ``segments``: segment -> status, e.g.
+    ``{"NSE_FO": "NORMAL_OPEN", "NSE_INDEX": "NORMAL_OPEN"}``; statuses are Upstox's
+    ``PRE_OPEN_START`` | ``PRE_OPEN_END`` | ``NORMAL_OPEN`` | ``NORMAL_CLOSE`` |
+    ``CLOSING_START`` | ``CLOSING_END``. ``source``: the feed that sent it.
+    """
+
+    ts: int
+    segments: dict[str, str] = {}
+    source: str = "upstox"
+
+
 # Profile joins the union the decoder accepts (it is defined after the decoder above).
-AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile]
+AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile, MarketStatus]
 _decoder = msgspec.json.Decoder(AnyMessage)

@@ -2,10 +2,21 @@
 
 Tables (all timestamps ``ts`` are epoch milliseconds UTC, prices in rupees):
 
-``ticks(instrument_key, ts, ltp, ltq, oi, seq, source)``
+``ticks(instrument_key, ts, ltp, ltq, oi, seq, source, backfilled, <quote columns>)``
     every tick published on the bus; ``seq`` is the feed's sequence number
     (keeps the order of prints sharing a timestamp); ``source`` is
-    ``sim`` | ``replay`` | ``upstox``.
+    ``sim`` | ``replay`` | ``upstox``. ``backfilled`` is true for ticks made after a
+    live-feed gap from the broker's 1-minute candles (4 per candle: open, nearer extreme,
+    other extreme, close at +0/15/30/45 s; see ``data_handling/upstox_backfill.py``); they
+    were never on the bus. One wide table rather than a separate depth table: every
+    field a live feed carries sits on its tick's row (no join on a key that is only unique
+    per run), and the quote columns are NULL for sources that have none (sim, replay),
+    which DuckDB stores for almost nothing. The quote columns (see ``messages.Quote``):
+    ``feed_ts, mode, cp, vtt, atp, tbq, tsq, bid, bid_qty, ask, ask_qty, iv, delta, theta,
+    gamma, vega, rho, iep, ieq, rp, iiq_total, iiq_m, cas_eligible`` and two lists,
+    ``depth`` (``STRUCT(bid_qty, bid, ask_qty, ask)[]``, best level first) and ``ohlc``
+    (``STRUCT(interval, open, high, low, close, volume, ts)[]``). Inserts go BY NAME, so a
+    batch with only the first seven columns still inserts (the rest NULL/false).
 ``candles_1m(instrument_key, ts, open, high, low, close, volume, oi, ticks, source)``
     1-minute OHLCV bars built from the ticks; ``ts`` is the bar's open time.
 ``feed_runs(run_id, source, path, started_ms, last_seq, finished)``
@@ -39,6 +50,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ticks (
     instrument_key VARCHAR NOT NULL, ts BIGINT NOT NULL, ltp DOUBLE NOT NULL,
     ltq BIGINT NOT NULL, oi DOUBLE NOT NULL, seq BIGINT NOT NULL, source VARCHAR NOT NULL);
+{tick_columns_added}
 CREATE TABLE IF NOT EXISTS candles_1m (
     instrument_key VARCHAR NOT NULL, ts BIGINT NOT NULL, open DOUBLE NOT NULL,
     high DOUBLE NOT NULL, low DOUBLE NOT NULL, close DOUBLE NOT NULL, volume BIGINT NOT NULL,
@@ -56,9 +68,33 @@ CREATE OR REPLACE VIEW candles_1m_ist AS
     FROM candles_1m;
 """
 
-TICK_SCHEMA = pa.schema([("instrument_key", pa.string()), ("ts", pa.int64()), ("ltp", pa.float64()),
-                         ("ltq", pa.int64()), ("oi", pa.float64()), ("seq", pa.int64()),
-                         ("source", pa.string())])
+TICK_BASE_SCHEMA = pa.schema([("instrument_key", pa.string()), ("ts", pa.int64()), ("ltp", pa.float64()),
+                              ("ltq", pa.int64()), ("oi", pa.float64()), ("seq", pa.int64()),
+                              ("source", pa.string()), ("backfilled", pa.bool_())])
+# Columns of messages.Quote, NULL when a tick has no quote (the order is the table's).
+_DEPTH_TYPE = pa.list_(pa.struct([("bid_qty", pa.int64()), ("bid", pa.float64()),
+                                  ("ask_qty", pa.int64()), ("ask", pa.float64())]))
+_OHLC_TYPE = pa.list_(pa.struct([("interval", pa.string()), ("open", pa.float64()), ("high", pa.float64()),
+                                 ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.int64()),
+                                 ("ts", pa.int64())]))
+QUOTE_SCHEMA = pa.schema([
+    ("feed_ts", pa.int64()), ("mode", pa.string()), ("cp", pa.float64()), ("vtt", pa.int64()),
+    ("atp", pa.float64()), ("tbq", pa.float64()), ("tsq", pa.float64()), ("bid", pa.float64()),
+    ("bid_qty", pa.int64()), ("ask", pa.float64()), ("ask_qty", pa.int64()), ("iv", pa.float64()),
+    ("delta", pa.float64()), ("theta", pa.float64()), ("gamma", pa.float64()), ("vega", pa.float64()),
+    ("rho", pa.float64()), ("iep", pa.float64()), ("ieq", pa.int64()), ("rp", pa.float64()),
+    ("iiq_total", pa.int64()), ("iiq_m", pa.int64()), ("cas_eligible", pa.bool_()),
+    ("depth", _DEPTH_TYPE), ("ohlc", _OHLC_TYPE)])
+TICK_SCHEMA = pa.schema(list(TICK_BASE_SCHEMA) + list(QUOTE_SCHEMA))
+_DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+                 _DEPTH_TYPE: "STRUCT(bid_qty BIGINT, bid DOUBLE, ask_qty BIGINT, ask DOUBLE)[]",
+                 _OHLC_TYPE: "STRUCT(\"interval\" VARCHAR, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, "
+                             "volume BIGINT, ts BIGINT)[]"}
+# Columns added after the first seven; ADD COLUMN IF NOT EXISTS also upgrades an older file.
+SCHEMA = SCHEMA.replace("{tick_columns_added}", "\n".join(
+    f"ALTER TABLE ticks ADD COLUMN IF NOT EXISTS \"{f.name}\" {_DUCKDB_TYPES[f.type]}"
+    + (" DEFAULT false;" if f.name == "backfilled" else ";")
+    for f in list(TICK_SCHEMA)[7:]))
 CANDLE_SCHEMA = pa.schema([("instrument_key", pa.string()), ("ts", pa.int64()), ("open", pa.float64()),
                            ("high", pa.float64()), ("low", pa.float64()), ("close", pa.float64()),
                            ("volume", pa.int64()), ("oi", pa.float64()), ("ticks", pa.int32()),
@@ -131,7 +167,8 @@ class BatchWriter:
         self.source = source
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
-        self._ticks = _Columns(TICK_SCHEMA)
+        self._ticks = _Columns(TICK_BASE_SCHEMA)
+        self._quotes: list[tuple[int, m.Quote]] = []   # (row in the tick buffer, quote)
         self._candles = _Columns(CANDLE_SCHEMA)
         self._last_seq = -1
         self._last_handover = time.monotonic()
@@ -147,7 +184,9 @@ class BatchWriter:
         """Buffer one tick (hands the batch over when full or due)."""
         c = self._ticks.cols
         c[0].append(t.instrument_key); c[1].append(t.ts); c[2].append(t.ltp); c[3].append(t.ltq)
-        c[4].append(t.oi); c[5].append(t.seq); c[6].append(t.source)
+        c[4].append(t.oi); c[5].append(t.seq); c[6].append(t.source); c[7].append(t.backfilled)
+        if t.quote is not None:
+            self._quotes.append((len(c[0]) - 1, t.quote))
         self._last_seq = t.seq
         if len(c[0]) >= self.max_rows:
             self.handover()
@@ -167,7 +206,8 @@ class BatchWriter:
     def handover(self) -> None:
         """Hand the current buffers to the writer thread now (blocks if 64 batches are queued)."""
         self._last_handover = time.monotonic()
-        ticks, candles = self._ticks.take(), self._candles.take()
+        ticks, candles = _with_quotes(self._ticks.take(), self._quotes), self._candles.take()
+        self._quotes = []
         if ticks is None and candles is None:
             return
         if self.error is not None:
@@ -185,7 +225,7 @@ class BatchWriter:
                 self.con.execute("BEGIN")
                 if ticks is not None:
                     self.con.register("_tick_batch", ticks)
-                    self.con.execute("INSERT INTO ticks SELECT * FROM _tick_batch")
+                    self.con.execute("INSERT INTO ticks BY NAME SELECT * FROM _tick_batch")
                     self.con.unregister("_tick_batch")
                     self.rows_written += ticks.num_rows
                 if candles is not None:
@@ -210,6 +250,32 @@ class BatchWriter:
         self.handover()
         self._queue.put(None)
         self._thread.join()
+
+
+def _with_quotes(table: pa.Table | None, quotes: list[tuple[int, m.Quote]]) -> pa.Table | None:
+    """``table`` (the base tick columns) with the :data:`QUOTE_SCHEMA` columns appended: NULL
+    except at the rows of ``quotes`` (``(row, Quote)`` pairs)."""
+    if table is None:
+        return None
+    n = table.num_rows
+    if not quotes:
+        arrays = [pa.nulls(n, type=f.type) for f in QUOTE_SCHEMA]
+    else:
+        arrays = []
+        for f in QUOTE_SCHEMA:
+            col: list = [None] * n
+            name = f.name
+            for row, q in quotes:
+                value = getattr(q, name)
+                if name == "depth" and value is not None:
+                    value = [(d.bid_qty, d.bid, d.ask_qty, d.ask) for d in value]
+                elif name == "ohlc" and value is not None:
+                    value = [(b.interval, b.open, b.high, b.low, b.close, b.volume, b.ts) for b in value]
+                elif name in ("mode", "feed_ts") and not value:
+                    value = None
+                col[row] = value
+            arrays.append(pa.array(col, type=f.type))
+    return pa.Table.from_arrays(table.columns + arrays, schema=TICK_SCHEMA)
 
 
 def start_run(con: duckdb.DuckDBPyConnection, run_id: str, source: str, path: str) -> int:

@@ -349,6 +349,17 @@ def check_params(params: Any) -> Params:
     raise ValueError(f"query params must be a list or a dict, got {type(params).__name__}")
 
 
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    """End the query's read-only transaction, whatever state the connection is in."""
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        try:
+            cur.rollback()
+        except duckdb.Error:
+            pass
+
+
 def run_bounded(cur: duckdb.DuckDBPyConnection, sql: str, params: Params = None,
                 limits: Limits = Limits(), checked: Checked | None = None) -> Result:
     """Check ``sql`` (unless ``checked`` is given) and run it on ``cur`` within ``limits``.
@@ -387,23 +398,24 @@ def run_bounded(cur: duckdb.DuckDBPyConnection, sql: str, params: Params = None,
             if rel is None:
                 raise QueryRefused("the statement returned no result set")
             reader = rel.to_arrow_reader(BATCH_ROWS)
-            schema = reader.schema
-            for batch in reader:
-                if rows + batch.num_rows > limits.max_rows:
-                    keep = limits.max_rows - rows
-                    if keep > 0:
-                        batches.append(batch.slice(0, keep))
-                    rows += keep
-                    truncated = True
-                    break
-                batches.append(batch)
-                rows += batch.num_rows
+            try:
+                schema = reader.schema
+                for batch in reader:
+                    if rows + batch.num_rows > limits.max_rows:
+                        keep = limits.max_rows - rows
+                        if keep > 0:
+                            batches.append(batch.slice(0, keep))
+                        rows += keep
+                        truncated = True
+                        break
+                    batches.append(batch)
+                    rows += batch.num_rows
+            finally:
+                reader.close()          # a pending streamed result would keep the transaction open
+                del rel
         finally:
             timer.cancel()
-            try:
-                cur.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            _rollback(cur)
     except QueryError:
         raise
     except (duckdb.Error, OSError, pa.ArrowException) as exc:

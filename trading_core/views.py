@@ -147,8 +147,8 @@ MACROS = {
            make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
            CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
            arg_min(open, ts) AS open, max(high) AS high, min(low) AS low,
-           arg_max(close, ts) AS close, sum(volume) AS volume, arg_max(oi, ts) AS oi,
-           sum(ticks) AS ticks, count(*) AS bars
+           arg_max(close, ts) AS close, CAST(sum(volume) AS BIGINT) AS volume, arg_max(oi, ts) AS oi,
+           CAST(sum(ticks) AS BIGINT) AS ticks, count(*) AS bars
     FROM b GROUP BY instrument_key, source, bar_ts""",
     "tick_candles": f"""(interval_seconds) AS TABLE
     WITH b AS (
@@ -161,7 +161,7 @@ MACROS = {
            make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
            CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
            arg_min(ltp, seq) AS open, max(ltp) AS high, min(ltp) AS low,
-           arg_max(ltp, seq) AS close, sum(ltq) AS volume, arg_max(oi, seq) AS oi,
+           arg_max(ltp, seq) AS close, CAST(sum(ltq) AS BIGINT) AS volume, arg_max(oi, seq) AS oi,
            count(*) AS ticks
     FROM b GROUP BY instrument_key, source, bar_ts""",
 }
