@@ -8,8 +8,30 @@ brackets; ``python3 run.py`` options override both.
 # the system. The token is never logged, stored in DuckDB or sent to the browser.
 ACCESS_TOKEN = ""
 
-# Instruments to watch, as Upstox instrument keys.
+# Instruments to watch. Names as used everywhere in the desk: "NSE_INDEX|Nifty 50",
+# "NSE_FO|NIFTY24122624000CE" (underlying, expiry YYMMDD, strike, CE/PE), "NSE_FO|NIFTY24DECFUT",
+# "NSE_EQ|RELIANCE". With the Upstox feed these also resolve through the instruments master:
+# an Upstox key ("NSE_FO|43885"), an Upstox trading symbol ("NIFTY 24000 CE 26 DEC 24") or an NSE
+# symbol ("NIFTY24DEC24000CE" = the monthly contract); an unknown symbol stops start-up, named.
 WATCHLIST = ["NSE_INDEX|Nifty 50", "NSE_INDEX|Nifty Bank"]
+
+# Upstox live feed (used when ACCESS_TOKEN is set). Feed mode per watchlist entry
+# [UPSTOX_MODES, a JSON object]; entries not listed get UPSTOX_MODE [UPSTOX_MODE]:
+# "ltpc" (price, time, quantity, previous close), "full" (+ 5-level depth, OHLC, OI, volume,
+# average price; indices: price and OHLC), "option_greeks" (+ best bid/ask, greeks, IV, OI),
+# "full_d30" (full with 30 levels).
+UPSTOX_MODE = "full"
+UPSTOX_MODES = {}   # e.g. {"NSE_FO|NIFTY24122624000CE": "option_greeks"}
+
+# Upstox endpoints: the REST host [UPSTOX_BASE_URL]; the feed authorize URL
+# [UPSTOX_FEED_AUTHORIZE_URL] and the instruments master [UPSTOX_INSTRUMENTS_URL] default to
+# Upstox's, or to the same host as UPSTOX_BASE_URL when that is changed (a local test server).
+UPSTOX_BASE_URL = "https://api.upstox.com"
+UPSTOX_FEED_AUTHORIZE_URL = ""
+UPSTOX_INSTRUMENTS_URL = ""
+
+# Where the instruments master is cached, refreshed once a day [UPSTOX_INSTRUMENTS_CACHE].
+INSTRUMENTS_CACHE = "data/upstox"
 
 # DuckDB file that the ingestor owns (ticks, 1-minute candles) [AMT_DUCKDB_PATH].
 DUCKDB_PATH = "data/market.duckdb"

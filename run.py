@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="bus endpoint publishers connect to (BUS_PUB, default tcp://127.0.0.1:5555)")
     where.add_argument("--bus-sub", metavar="ENDPOINT",
                        help="bus endpoint subscribers connect to (BUS_SUB, default tcp://127.0.0.1:5556)")
+    where.add_argument("--query-endpoint", metavar="ENDPOINT",
+                       help="where the ingestor answers research SQL (QUERY_ENDPOINT, default "
+                            "tcp://127.0.0.1:5557)")
     where.add_argument("--strategies", metavar="FILE",
                        help="strategy definitions (STRATEGIES_PATH, default configs/strategies.json)")
     where.add_argument("--log-dir", metavar="DIR", help="service logs (LOG_DIR, default logs/)")
@@ -90,7 +93,7 @@ def overrides(args: argparse.Namespace) -> dict[str, str]:
     """Environment variables that hand the command-line options to every service."""
     env = settings_mod.ENV
     pairs = {"duckdb_path": args.db, "api_host": args.host, "api_port": args.port,
-             "bus_pub": args.bus_pub, "bus_sub": args.bus_sub,
+             "bus_pub": args.bus_pub, "bus_sub": args.bus_sub, "query_endpoint": args.query_endpoint,
              "strategies_path": args.strategies, "log_dir": args.log_dir}
     out = {env[k]: str(Path(v).resolve()) if k in ("duckdb_path", "strategies_path", "log_dir") else str(v)
            for k, v in pairs.items() if v is not None}
@@ -135,6 +138,11 @@ def preflight(args: argparse.Namespace, settings: settings_mod.Settings) -> str 
         url = urlparse(endpoint)
         if url.scheme == "tcp" and not port_free(url.hostname or "127.0.0.1", url.port or 0):
             return f"bus endpoint {endpoint} is in use (another run.py?); choose another with {name}"
+    url = urlparse(settings.query_endpoint)
+    if url.scheme == "tcp" and not port_free(url.hostname or "127.0.0.1", url.port or 0):
+        # Not fatal: recording matters more than research (the ingestor then runs without it).
+        say(f"warning: query endpoint {settings.query_endpoint} is in use (another run.py?); "
+            f"research SQL on this system will not work; choose another with --query-endpoint")
     try:
         persistence.check_writable(settings.duckdb_path)
     except persistence.DatabaseLockedError as exc:

@@ -18,6 +18,11 @@ Endpoints (prices rupees, ``ts`` epoch ms UTC; the page displays IST):
 ``GET /api/snapshot``               the snapshot frame described in :mod:`api.hub`
 ``GET /api/candles?instrument_key=K`` ``{"instrument_key":K,"interval":"1m","candles":[Candle...]}``
                                     (404 for an instrument never seen and not on the watchlist)
+``GET /console``                    the research SQL console (``frontend/console.html``, ``console.js``)
+``POST /api/sql``                   ``{"sql", "params"?, "timeout_s"?}`` (application/json) -> the first
+                                    5,000 rows as ``{"columns", "rows", "row_count", "truncated", ...}``,
+                                    or ``{"kind", "error"}`` (see ``scripts/research.py: api_sql``)
+``GET /api/sql/examples``           the saved example queries
 ``WS  /ws``                         first a ``snapshot`` frame, then a ``batch`` frame at most every
                                     100 ms. Client -> server: ``{"subscribe":[key,...]}`` limits ticks,
                                     candles and profiles to those instruments (``null`` or ``"*"``:
@@ -58,7 +63,7 @@ import msgspec  # noqa: E402
 import uvicorn  # noqa: E402
 import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
-from fastapi import FastAPI, Query, WebSocket  # noqa: E402
+from fastapi import FastAPI, Query, Request, WebSocket  # noqa: E402
 from fastapi.responses import FileResponse, Response  # noqa: E402
 
 from api.hub import Client, Hub, now_ms  # noqa: E402
@@ -69,7 +74,9 @@ FRONTEND = ROOT / "frontend"
 VENDOR_JS = FRONTEND / "node_modules" / "lightweight-charts" / "dist" / "lightweight-charts.standalone.production.js"
 PAGE_FILES = {"index.html": "text/html; charset=utf-8",
               "app.js": "text/javascript; charset=utf-8",
-              "style.css": "text/css; charset=utf-8"}
+              "style.css": "text/css; charset=utf-8",
+              "console.html": "text/html; charset=utf-8",       # the SQL console (issue 7)
+              "console.js": "text/javascript; charset=utf-8"}
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 BATCH_S = 0.1               # WebSocket batch period
@@ -280,6 +287,27 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
     @app.get("/style.css")
     async def style_css() -> Response:
         return page_file("style.css")
+
+    # --- research SQL console (scripts/research.py: read-only, time and row limits) ---------
+    @app.get("/console")
+    async def console_page() -> Response:
+        return page_file("console.html")
+
+    @app.get("/console.js")
+    async def console_js() -> Response:
+        return page_file("console.js")
+
+    @app.get("/api/sql/examples")
+    async def sql_examples() -> Response:
+        from scripts import research
+        return Response(_json(research.api_examples()), media_type="application/json", headers=NO_CACHE)
+
+    @app.post("/api/sql")
+    async def sql_query(request: Request) -> Response:
+        from scripts import research
+        status, body = await research.api_sql(settings, request.headers.get("content-type", ""),
+                                              await request.body())
+        return Response(_json(body), status_code=status, media_type="application/json", headers=NO_CACHE)
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:

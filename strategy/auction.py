@@ -145,6 +145,9 @@ class AuctionStrategy(Strategy):
     their instrument are ignored (a replay overlapping the live stream does no harm).
     """
 
+    #: The prior day's value area needs the prior day; ten days give the engine's typical range.
+    warm_days = 10
+
     def __init__(self, name, instruments, params, emit) -> None:
         super().__init__(name, instruments, params, emit)
         self.books: dict[str, Book] = {k: Book(k) for k in self.instruments}

@@ -59,6 +59,10 @@ class Strategy:
     params_schema: ClassVar[dict[str, Any]] = {
         "type": "object", "properties": {}, "additionalProperties": False}
 
+    #: Warm start: recorded trading days *before* the current one to replay at start (the current
+    #: day's candles always are). Override per instance with ``warm_days`` in the config.
+    warm_days: ClassVar[int] = 0
+
     def __init__(self, name: str, instruments: list[str], params: dict[str, Any],
                  emit: Callable[[Signal], None]) -> None:
         self.name = name

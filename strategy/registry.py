@@ -33,6 +33,7 @@ from strategy.eighty_percent import EightyPercentRule
 from strategy.ib_acceptance import IBAcceptance
 from strategy.ib_breakout import IBBreakout
 from strategy.open_drive import OpenDrive
+from strategy.rule import RuleStrategy
 from strategy.value_fade import ValueFade
 from trading_core.messages import Signal
 
@@ -43,6 +44,7 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "eighty_percent": EightyPercentRule,
     "open_drive": OpenDrive,
     "value_fade": ValueFade,
+    "rule": RuleStrategy,
 }
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "strategies.schema.json"
@@ -60,13 +62,37 @@ class StrategyConfigError(ValueError):
 
 @dataclass
 class StrategyConfig:
-    """One validated entry of the strategies file; ``params`` has the class defaults filled in."""
+    """One validated entry of the strategies file; ``params`` has the class defaults filled in.
+
+    ``heartbeat_timeout_s``: the manager restarts the process when it sends no heartbeat for this
+    long (a hook stuck in a loop). ``warm_days``: recorded trading days before the current one to
+    replay at start, besides the current day's candles (``None``: the class's
+    :attr:`Strategy.warm_days`).
+    """
 
     name: str
     cls_name: str
     enabled: bool = True
     instruments: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    heartbeat_timeout_s: float = 10.0
+    warm_days: int | None = None
+
+    @property
+    def history_days(self) -> int:
+        """Prior trading days replayed on warm start (config, else the class default)."""
+        if self.warm_days is not None:
+            return self.warm_days
+        return getattr(STRATEGY_CLASSES.get(self.cls_name), "warm_days", 0)
+
+    def to_entry(self) -> dict[str, Any]:
+        """This config as an entry of the strategies file (JSON-able; re-validates to itself)."""
+        entry = {"name": self.name, "class": self.cls_name, "enabled": self.enabled,
+                 "instruments": list(self.instruments), "params": dict(self.params),
+                 "heartbeat_timeout_s": self.heartbeat_timeout_s}
+        if self.warm_days is not None:
+            entry["warm_days"] = self.warm_days
+        return entry
 
 
 def load_strategies(path: str | os.PathLike[str],
@@ -75,13 +101,20 @@ def load_strategies(path: str | os.PathLike[str],
 
     Raises :class:`StrategyConfigError` listing all problems found: unreadable file, invalid
     JSON (with line and column) or a duplicate key, schema violations, unknown class (the known
-    ones are named), invalid params, duplicate names.
+    ones are named), invalid params (every bad expression of a rule strategy), duplicate names.
     """
     where = _display(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StrategyConfigError([f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}"])
+    return parse_strategies(text, where, schema_path)
+
+
+def parse_strategies(text: str, where: str = "<strategies>",
+                     schema_path: str | os.PathLike[str] = SCHEMA_PATH) -> list[StrategyConfig]:
+    """Validate the JSON text of a strategies document (``where`` names it in errors); as
+    :func:`load_strategies`. Raises :class:`StrategyConfigError`."""
     try:
         doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
@@ -133,7 +166,9 @@ def load_strategies(path: str | os.PathLike[str],
                 configs.append(StrategyConfig(
                     name=name, cls_name=cls_name, enabled=entry.get("enabled", True),
                     instruments=list(entry["instruments"]),
-                    params={**cls.param_defaults(), **params}))
+                    params={**cls.param_defaults(), **params},
+                    heartbeat_timeout_s=float(entry.get("heartbeat_timeout_s", 10.0)),
+                    warm_days=entry.get("warm_days")))
         errors.extend(f"{where}: {label(i)}: {p}" for p in problems)
     if errors:
         raise StrategyConfigError(errors)

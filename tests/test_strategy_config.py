@@ -74,7 +74,7 @@ def test_defaults_filled_and_build(cfg_dir):
     assert bank.enabled is False and bank.params == DEFAULTS
     strat = build(nifty, lambda s: None)
     assert isinstance(strat, IBBreakout) and strat.name == "ib_breakout_nifty" and strat.params == DEFAULTS
-    with pytest.raises(StrategyConfigError, match="known: ib_breakout"):
+    with pytest.raises(StrategyConfigError, match=r"known: .*\bib_breakout\b"):
         build(StrategyConfig("x", "nope", True, ["NSE_INDEX|Nifty 50"], {}), lambda s: None)
 
 
@@ -110,7 +110,7 @@ CASES = [
      "'2:30pm' does not match ^([01][0-9]|2[0-3]):[0-5][0-9]$"),
     ("unknown class", lambda s: s[1].update({"class": "ib_brekout"}),
      "configs/strategies.json: strategy 'ib_breakout_banknifty': class: unknown strategy class "
-     "'ib_brekout' (known: ib_breakout)"),
+     "'ib_brekout' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade)"),
     ("bad name", lambda s: s[0].update(name="IB-Nifty"),
      "configs/strategies.json: strategy 'IB-Nifty': name: 'IB-Nifty' does not match "
      "^[a-z][a-z0-9_]{0,47}$"),
@@ -123,7 +123,7 @@ CASES = [
      "configs/strategies.json: strategy #2: name: required field is missing"),
     ("unknown field", lambda s: s[0].update(enable=True),
      "configs/strategies.json: strategy 'ib_breakout_nifty': enable: unknown field "
-     "(allowed: class, enabled, instruments, name, params)"),
+     "(allowed: class, enabled, heartbeat_timeout_s, instruments, name, params, warm_days)"),
     ("enabled type", lambda s: s[0].update(enabled="yes"),
      "configs/strategies.json: strategy 'ib_breakout_nifty': enabled: 'yes' is not of type 'boolean'"),
     ("empty instruments", lambda s: s[0].update(instruments=[]),
@@ -236,7 +236,7 @@ def test_script_reports_each_error_and_exits_1(cfg_dir):
         "configs/strategies.json: strategy 'ib_breakout_nifty': params.ib_minutes: "
         "'sixty' is not of type 'integer'",
         "configs/strategies.json: strategy 'ib_breakout_banknifty': class: unknown strategy class "
-        "'nope' (known: ib_breakout)"]
+        "'nope' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade)"]
 
 
 def test_script_invalid_json_and_ok_path(cfg_dir):

@@ -340,6 +340,31 @@ class MarketStatus(Message, tag="market_status"):
     source: str = "upstox"
 
 
-# Profile joins the union the decoder accepts (it is defined after the decoder above).
-AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile, MarketStatus]
+# --- control replies (appended: scripts/strategy_manager.py) -------------------------------------
+REPLY = "reply"              # reply.<service>
+
+
+def reply_topic(service: str) -> str:
+    """Topic of a service's answers to control commands, e.g. ``reply.strategy_manager``."""
+    return f"{REPLY}.{service}"
+
+
+class ControlReply(Message, tag="control_reply"):
+    """The answer to one :class:`Control` command: ``request_ts`` repeats the command's ``ts``
+    (the sender's correlation key), ``ok`` whether it was carried out, ``message`` one line for
+    the user (e.g. ``"restarted ib_nifty (pid 4242 -> 4250)"`` or the config error),
+    ``details`` e.g. ``{"old_pid": 4242, "pid": 4250}``; ``ts`` epoch ms UTC."""
+
+    service: str
+    command: str
+    target: str = ""
+    request_ts: int = 0
+    ok: bool = False
+    message: str = ""
+    details: dict[str, Any] = {}
+    ts: int = 0
+
+
+# Profile (and the types appended after it) join the union the decoder accepts.
+AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile, MarketStatus, ControlReply]
 _decoder = msgspec.json.Decoder(AnyMessage)

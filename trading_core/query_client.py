@@ -21,12 +21,10 @@ each call uses its own socket or connection.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
@@ -44,13 +42,16 @@ LOCK_RETRY_S = 0.2
 
 
 def query(sql: str, params: q.Params = None, *, timeout_s: float | None = None,
-          max_rows: int | None = None, settings: settings_mod.Settings | None = None) -> pl.DataFrame:
+          max_rows: int | None = None, settings: settings_mod.Settings | None = None,
+          any_db: bool = False) -> pl.DataFrame:
     """Run one read-only SQL statement on the recorded market and return a polars DataFrame.
 
     ``params``: values for ``?`` / ``$1`` (a list) or ``$name`` (a dict); str, int, float, bool
     or None. ``timeout_s`` (default ``QUERY_TIMEOUT_S``, 30) and ``max_rows`` (default
     ``QUERY_MAX_ROWS``, 1,000,000) are capped by the server's settings. ``settings`` default
     :func:`trading_core.settings.load` (so ``AMT_QUERY_ENDPOINT`` / ``AMT_DUCKDB_PATH`` apply).
+    The running system's service must be serving ``settings.duckdb_path`` (else
+    :class:`QueryUnavailable` says which file it serves); ``any_db=True`` accepts whichever.
 
     Raises :class:`QueryRefused` (not a read query), :class:`QueryTimeout`,
     :class:`QueryTooLarge` (more than ``max_rows`` rows: nothing is silently cut),
@@ -58,12 +59,13 @@ def query(sql: str, params: q.Params = None, *, timeout_s: float | None = None,
     all are :class:`QueryError`. ``ValueError`` for bad ``params`` or limits.
     """
     return query_result(sql, params, timeout_s=timeout_s, max_rows=max_rows,
-                        settings=settings).frame()
+                        settings=settings, any_db=any_db).frame()
 
 
 def query_result(sql: str, params: q.Params = None, *, timeout_s: float | None = None,
                  max_rows: int | None = None, truncate: bool = False,
-                 settings: settings_mod.Settings | None = None, via: str = "auto") -> Result:
+                 settings: settings_mod.Settings | None = None, via: str = "auto",
+                 any_db: bool = False) -> Result:
     """As :func:`query`, returning a :class:`trading_core.query.Result` (Arrow table, elapsed ms,
     ``via`` = ``server`` | ``file``). ``truncate=True`` returns the first ``max_rows`` rows with
     ``truncated=True`` instead of raising :class:`QueryTooLarge`. ``via``: ``auto`` (server if it
@@ -76,14 +78,15 @@ def query_result(sql: str, params: q.Params = None, *, timeout_s: float | None =
     params = q.check_params(params)
     if via not in ("auto", "server", "file"):
         raise ValueError(f"via must be auto, server or file, got {via!r}")
+    expect_db = None if any_db else settings.duckdb_path
     if via == "server":
-        return _via_server(settings.query_endpoint, sql, params, limits)
+        return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
     if via == "file":
         return _via_file(settings.duckdb_path, sql, params, limits)
     deadline = time.monotonic() + limits.timeout_s
     while True:
         if server_listening(settings.query_endpoint):
-            return _via_server(settings.query_endpoint, sql, params, limits)
+            return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
         try:
             return _via_file(settings.duckdb_path, sql, params, limits)
         except _Locked as exc:
@@ -150,10 +153,16 @@ def _exchange(endpoint: str, request: dict, wait_s: float) -> tuple[dict, zmq.Fr
         sock.close(0)
 
 
-def _via_server(endpoint: str, sql: str, params: q.Params, limits: q.Limits) -> Result:
+def _via_server(endpoint: str, sql: str, params: q.Params, limits: q.Limits,
+                expect_db: Path | None = None) -> Result:
     header, body = _exchange(endpoint, {"sql": sql, "params": params, "timeout_s": limits.timeout_s,
                                         "max_rows": limits.max_rows, "truncate": limits.truncate},
                              limits.timeout_s + TRANSFER_SLACK_S)
+    served = str(header.get("db") or "")
+    if expect_db is not None and served and Path(served).resolve() != Path(expect_db).resolve():
+        raise QueryUnavailable(f"the system answering on {endpoint} records {served}, not {expect_db}; "
+                               f"point DUCKDB_PATH / --db at that file, or QUERY_ENDPOINT at the "
+                               f"right system")
     if not header.get("ok"):
         raise q.error_from(str(header.get("kind", "error")), str(header.get("error", "query failed")))
     table = q.from_ipc(body.buffer if hasattr(body, "buffer") else body)
@@ -196,6 +205,7 @@ def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _via_file(path: Path, sql: str, params: q.Params, limits: q.Limits) -> Result:
+    started = time.perf_counter()
     con = open_read_only(path)
     try:
         from trading_core import views
@@ -205,6 +215,7 @@ def _via_file(path: Path, sql: str, params: q.Params, limits: q.Limits) -> Resul
     finally:
         con.close()
     result.via = "file"
+    result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
 
@@ -214,10 +225,6 @@ def describe_source(settings: settings_mod.Settings | None = None) -> str:
     if server_listening(settings.query_endpoint):
         return f"query service on {settings.query_endpoint} (the running system)"
     return f"{settings.duckdb_path} opened read-only (system not running)"
-
-
-def _env_pid() -> int:  # pragma: no cover - for debugging only
-    return os.getpid()
 
 
 __all__ = ["query", "query_result", "ping", "server_listening", "open_read_only", "Result",

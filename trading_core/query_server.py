@@ -20,7 +20,9 @@ and gets ``[b"", header, body]``: ``header`` is JSON ``{"v":1, "id", "ok": true,
 "truncated", "elapsed_ms", "timeout_s", "max_rows"}`` with ``body`` the result as an Arrow IPC
 stream, or ``{"v":1, "id", "ok": false, "kind", "error"}`` with an empty ``body``; ``kind`` is
 one of ``refused`` | ``timeout`` | ``too_large`` | ``sql`` | ``busy`` | ``error`` (see
-:mod:`trading_core.query`). A ping answers ``{"ok": true, "pong": true, "db": path, "pid"}``.
+:mod:`trading_core.query`). Every query reply also carries ``"db"``: the database file served,
+so a client can tell it reached the system it meant. A ping answers ``{"ok": true, "pong":
+true, "db": path, "pid", counters...}``.
 
 Limits: a request's ``timeout_s`` / ``max_rows`` are clamped to the server's ceilings
 (``QUERY_TIMEOUT_S`` / ``QUERY_MAX_ROWS``); the time limit counts from the request's arrival,
@@ -217,6 +219,7 @@ class QueryServer:
                 header, body = self._execute(cur, req, arrived)
                 header["id"] = req.get("id")
                 header["v"] = PROTOCOL_VERSION
+                header["db"] = self.db_label
                 try:
                     out.send_multipart([ident, *envelope, _json_encode(header), body], copy=False)
                 except zmq.ZMQError:

@@ -27,7 +27,21 @@ ENV = {
     "query_timeout_s": "AMT_QUERY_TIMEOUT_S",
     "query_max_rows": "AMT_QUERY_MAX_ROWS",
     "access_token": "UPSTOX_ACCESS_TOKEN",
+    "upstox_base_url": "UPSTOX_BASE_URL",
+    "upstox_authorize_url": "UPSTOX_FEED_AUTHORIZE_URL",
+    "upstox_instruments_url": "UPSTOX_INSTRUMENTS_URL",
+    "upstox_mode": "UPSTOX_MODE",
+    "upstox_modes": "UPSTOX_MODES",
+    "instruments_cache": "UPSTOX_INSTRUMENTS_CACHE",
 }
+
+# Upstox endpoints (see data_handling/upstox_feed.py). With UPSTOX_BASE_URL changed (e.g. a
+# local test server) the authorize and instruments URLs default to the same host.
+UPSTOX_BASE_URL = "https://api.upstox.com"
+UPSTOX_AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+UPSTOX_INSTRUMENTS_PATH = "/market-quote/instruments/exchange/NSE.json.gz"
+UPSTOX_INSTRUMENTS_URL = "https://assets.upstox.com" + UPSTOX_INSTRUMENTS_PATH
+UPSTOX_MODES = ("ltpc", "full", "option_greeks", "full_d30")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +59,12 @@ class Settings:
     log_dir: Path
     sim_seed: int
     config_file: Path
+    upstox_base_url: str = UPSTOX_BASE_URL
+    upstox_authorize_url: str = UPSTOX_BASE_URL + UPSTOX_AUTHORIZE_PATH
+    upstox_instruments_url: str = UPSTOX_INSTRUMENTS_URL
+    upstox_mode: str = "full"                            # feed mode of watchlist entries not in upstox_modes
+    upstox_modes: tuple[tuple[str, str], ...] = ()       # (watchlist entry, mode) pairs
+    instruments_cache: Path = ROOT / "data" / "upstox"   # the instruments master, downloaded once a day
     # Research SQL (trading_core.query_server): where the ingestor serves read-only queries, and
     # the per-query ceilings (seconds of wall time, rows of result).
     query_endpoint: str = "tcp://127.0.0.1:5557"
@@ -99,7 +119,29 @@ def load(config_file: str | Path | None = None) -> Settings:
     watchlist = getattr(module, "WATCHLIST", ["NSE_INDEX|Nifty 50"])
     if isinstance(watchlist, str) or not all(isinstance(w, str) for w in watchlist):
         raise ValueError(f"{path.name}: WATCHLIST must be a list of instrument keys")
+    base_url = str(get("upstox_base_url", UPSTOX_BASE_URL) or UPSTOX_BASE_URL).rstrip("/")
+    modes = get("upstox_modes", {}) or {}
+    if isinstance(modes, str):          # from the environment: a JSON object
+        import json
+        try:
+            modes = json.loads(modes)
+        except ValueError as exc:
+            raise ValueError(f"UPSTOX_MODES must be a JSON object {{entry: mode}} ({exc})") from None
+    mode = str(get("upstox_mode", "full") or "full")
+    if not isinstance(modes, dict) or not all(isinstance(k, str) for k in modes):
+        raise ValueError(f"{path.name}: UPSTOX_MODES must map watchlist entries to a mode")
+    for entry, entry_mode in [("UPSTOX_MODE", mode), *modes.items()]:
+        if entry_mode not in UPSTOX_MODES:
+            raise ValueError(f"{path.name}: Upstox mode {entry_mode!r} for {entry!r} is not one of "
+                             f"{', '.join(UPSTOX_MODES)}")
     return Settings(
+        upstox_base_url=base_url,
+        upstox_authorize_url=str(get("upstox_authorize_url", "") or base_url + UPSTOX_AUTHORIZE_PATH),
+        upstox_instruments_url=str(get("upstox_instruments_url", "") or (
+            UPSTOX_INSTRUMENTS_URL if base_url == UPSTOX_BASE_URL else base_url + UPSTOX_INSTRUMENTS_PATH)),
+        upstox_mode=mode,
+        upstox_modes=tuple(modes.items()),
+        instruments_cache=_abs(get("instruments_cache", "data/upstox")),
         access_token=str(get("access_token", "") or ""),
         watchlist=tuple(watchlist),
         duckdb_path=_abs(get("duckdb_path", "data/market.duckdb")),

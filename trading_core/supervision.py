@@ -161,6 +161,8 @@ def kill_all(procs: list[psutil.Process], timeout_s: float = 1.0) -> None:
             p.kill()
         except psutil.Error:
             pass
+    if alive:
+        psutil.wait_procs(alive, timeout=1.0)
 
 
 def python_cmd(script: str, *args: str) -> list[str]:

@@ -187,26 +187,18 @@ def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
     macros = {r[0] for r in con.execute("SELECT function_name FROM duckdb_functions() "
                                         "WHERE function_type = 'table_macro'").fetchall()}
-    if not {"ticks", "candles_1m"} <= tables:
-        from trading_core.persistence import SCHEMA  # an empty or foreign file: the base schema too
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                con.execute(stmt.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS")
-                            .replace("CREATE OR REPLACE VIEW", "CREATE OR REPLACE TEMP VIEW"))
-        tables |= {"ticks", "candles_1m", "feed_runs"}
     made = []
     for name, cols in TABLES.items():
         if name not in tables:
             con.execute(f"CREATE TEMP TABLE {name} {cols}")
             made.append(name)
-    for name, body in VIEWS.items():
-        if name not in views:
-            con.execute(f"CREATE TEMP VIEW {name} AS {body}")
+    for name, sql in [*((n, f"CREATE TEMP VIEW {n} AS {b}") for n, b in VIEWS.items() if n not in views),
+                      *((n, f"CREATE TEMP MACRO {n}{b}") for n, b in MACROS.items() if n not in macros)]:
+        try:
+            con.execute(sql)
             made.append(name)
-    for name, body in MACROS.items():
-        if name not in macros:
-            con.execute(f"CREATE TEMP MACRO {name}{body}")
-            made.append(name)
+        except duckdb.Error as exc:      # a file without the recorder's tables: leave it as it is
+            log.debug("research object %s not created: %s", name, exc)
     return made
 
 
@@ -451,3 +443,76 @@ def before_query_read_only(con: duckdb.DuckDBPyConnection, checked) -> None:
     con.register("_session_rows", both)
     con.execute("CREATE OR REPLACE TEMP TABLE sessions AS SELECT * FROM _session_rows")
     con.unregister("_session_rows")
+
+
+# --- saved example queries (README, browser console, ``run.py sql --example NAME``) ------------
+
+EXAMPLES: list[dict[str, str]] = [
+    {"name": "days", "title": "Ticks per day and instrument, with the day's range",
+     "sql": """SELECT date_ist, instrument_key, count(*) AS ticks, min(ltp) AS low, max(ltp) AS high
+FROM ticks_ist
+GROUP BY ALL
+ORDER BY date_ist DESC, instrument_key"""},
+    {"name": "candles15", "title": "15-minute candles of the latest day (aligned to 09:15 IST)",
+     "sql": """SELECT instrument_key, time_ist, open, high, low, close, volume, bars
+FROM candles(15)
+WHERE date_ist = (SELECT max(date_ist) FROM candles_1m_ist)
+ORDER BY instrument_key, ts"""},
+    {"name": "volume_at_price", "title": "Volume at price (5-point rows) of the latest day, most traded instrument",
+     "sql": """WITH day AS (SELECT max(date_ist) AS d FROM ticks_ist),
+inst AS (SELECT instrument_key FROM ticks_ist, day WHERE date_ist = day.d
+         GROUP BY ALL ORDER BY sum(ltq) DESC, count(*) DESC LIMIT 1)
+SELECT instrument_key, floor(ltp / 5) * 5 AS price_row, CAST(sum(ltq) AS BIGINT) AS volume, count(*) AS prints
+FROM ticks_ist JOIN inst USING (instrument_key), day
+WHERE date_ist = day.d
+GROUP BY ALL
+ORDER BY price_row DESC"""},
+    {"name": "ib_stats", "title": "Initial balance statistics per instrument",
+     "sql": """SELECT instrument_key, count(*) AS days,
+       round(avg(ib_range), 2) AS avg_ib_range, round(median(ib_range), 2) AS median_ib_range,
+       round(avg(ib_range / nullif(high - low, 0)) * 100, 1) AS ib_pct_of_day_range,
+       round(avg(CASE WHEN ext_up > 0 THEN 1 ELSE 0 END) * 100, 1) AS pct_days_extended_up,
+       round(avg(CASE WHEN ext_down > 0 THEN 1 ELSE 0 END) * 100, 1) AS pct_days_extended_down,
+       round(avg(CASE WHEN ext_up > 0 AND ext_down > 0 THEN 1 ELSE 0 END) * 100, 1) AS pct_both_sides
+FROM sessions
+WHERE session_kind = 'regular' AND closed AND ib_range IS NOT NULL
+GROUP BY instrument_key
+ORDER BY instrument_key"""},
+    {"name": "close_in_prior_value", "title": "How often the day closes inside the prior day's value area",
+     "sql": """SELECT instrument_key, count(*) AS days,
+       count(*) FILTER (WHERE close BETWEEN prior_val AND prior_vah) AS closed_inside,
+       round(100.0 * count(*) FILTER (WHERE close BETWEEN prior_val AND prior_vah) / count(*), 1) AS pct_inside,
+       round(100.0 * count(*) FILTER (WHERE open BETWEEN prior_val AND prior_vah
+                                      AND close BETWEEN prior_val AND prior_vah)
+             / nullif(count(*) FILTER (WHERE open BETWEEN prior_val AND prior_vah), 0), 1)
+             AS pct_inside_when_opened_inside
+FROM sessions
+WHERE session_kind = 'regular' AND closed AND prior_vah IS NOT NULL
+GROUP BY instrument_key
+ORDER BY instrument_key"""},
+    {"name": "open_vs_day_type", "title": "Open type against day type (count of days)",
+     "sql": """SELECT open_type, day_type, count(*) AS days
+FROM sessions
+WHERE session_kind = 'regular' AND closed
+GROUP BY ALL
+ORDER BY open_type, days DESC"""},
+    {"name": "strategy_pnl_by_day_type", "title": "Each strategy's simulated PnL by day type",
+     "sql": """SELECT o.strategy, s.day_type, count(*) AS signals,
+       count(*) FILTER (WHERE o.exit_reason = 'target') AS targets,
+       count(*) FILTER (WHERE o.exit_reason = 'stop') AS stops,
+       round(sum(o.pnl_points), 2) AS pnl_points, round(avg(o.r_multiple), 2) AS avg_r
+FROM signal_outcomes o
+JOIN sessions s ON s.instrument_key = o.instrument_key AND s.source = o.source AND s.date = o.date_ist
+GROUP BY ALL
+ORDER BY o.strategy, pnl_points DESC"""},
+    {"name": "signals", "title": "Latest signals with their simulated outcome",
+     "sql": """SELECT time_ist, strategy, instrument_key, side, entry, stop_loss, target, exit_reason, exit,
+       pnl_points, r_multiple, reason
+FROM signal_outcomes
+ORDER BY ts DESC
+LIMIT 200"""},
+    {"name": "storage", "title": "Database size and bytes per tick",
+     "sql": """SELECT d.database_size, d.block_size, d.used_blocks, t.ticks,
+       round(d.used_blocks * d.block_size / nullif(t.ticks, 0), 1) AS bytes_per_tick_upper_bound
+FROM pragma_database_size() d, (SELECT count(*) AS ticks FROM ticks) t"""},
+]
