@@ -123,8 +123,10 @@ def preflight(args: argparse.Namespace, settings: settings_mod.Settings) -> str 
     feed = args.feed if args.feed != "auto" else (
         "replay" if args.replay else "upstox" if settings.access_token else "sim")
     if feed == "upstox":
-        return ("the Upstox live feed is not available in this version (issue #4); remove "
-                "ACCESS_TOKEN / UPSTOX_ACCESS_TOKEN to run the simulator, or use --replay PATH")
+        from data_handling.upstox_instruments import check_settings
+        problem = check_settings(settings)     # token set, URLs well formed, modes name WATCHLIST entries
+        if problem:
+            return problem
     if feed == "replay" and not args.replay:
         return "--feed replay needs --replay PATH"
     if args.replay and not Path(args.replay).exists():
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    # One feed run per run.py: a restarted ingestor resumes a replay instead of starting over.
+    env["AMT_RUN_ID"] = f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     supervisor = Supervisor(args, settings, env)
 
     def on_signal(signum, frame):

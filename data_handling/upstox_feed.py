@@ -46,7 +46,8 @@ default is left out, so a missing number is 0 and a missing ``type`` means ``ini
 value 0), a missing ``requestMode`` means ``ltpc``.
 
 Volume: ``Tick.ltq`` is the quantity traded since the previous update of that instrument on the
-same connection — the increase of ``vtt`` (volume traded today) in the modes that carry it, else
+same connection — the increase of ``vtt`` (volume traded today; an update whose ``vtt`` is not
+above the highest seen that day counts 0, so nothing is counted twice) in the modes that carry it, else
 the feed's ``ltq`` when ``ltt`` advanced (a new trade) and 0 when it did not (a quote update
 repeats the last trade). The first update of an instrument on each connection (the snapshot,
 ``initial_feed``) is a baseline with ``ltq`` 0, so candle volumes never count a trade twice.
@@ -92,6 +93,7 @@ AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
 # The feed's RequestMode enum names -> the subscription mode names of the SDK and of config.py.
 MODE_NAMES = {"ltpc": "ltpc", "full_d5": "full", "option_greeks": "option_greeks", "full_d30": "full_d30"}
 OPEN_STATES = frozenset({"NORMAL_OPEN"})
+IST_OFFSET_MS = 19_800_000
 BAD_KINDS = ("undecodable", "unknown_type", "unknown_instrument", "out_of_order", "bad_price",
              "no_timestamp", "malformed", "internal")
 
@@ -162,11 +164,18 @@ class Watchdog:
 
 
 class BadInput:
-    """Counts bad feed input per kind and logs the first of each kind with a sample."""
+    """Counts bad feed input per kind and logs the first of each kind with a sample.
 
-    def __init__(self, logger: logging.Logger = log):
+    ``what``: how the log line starts (``bad feed input``); ``where``: the health field that
+    keeps the counts.
+    """
+
+    def __init__(self, logger: logging.Logger = log, what: str = "bad feed input",
+                 where: str = "upstox.bad_input"):
         self.counts: dict[str, int] = {}
         self._log = logger
+        self._what = what
+        self._where = where
         self._lock = threading.Lock()
 
     def report(self, kind: str, sample: Any, detail: str = "") -> None:
@@ -174,9 +183,9 @@ class BadInput:
             n = self.counts[kind] = self.counts.get(kind, 0) + 1
         if n == 1:
             text = repr(sample)
-            self._log.warning("bad feed input (%s)%s; dropped, sample: %s%s — further ones are only "
-                              "counted (health: upstox.bad_input)", kind, f": {detail}" if detail else "",
-                              text[:300], " ..." if len(text) > 300 else "")
+            self._log.warning("%s (%s)%s; dropped, sample: %s%s — further ones are only counted "
+                              "(health: %s)", self._what, kind, f": {detail}" if detail else "",
+                              text[:300], " ..." if len(text) > 300 else "", self._where)
 
 
 # --- MessageToDict -> messages ------------------------------------------------------------------
@@ -236,11 +245,13 @@ class FeedConverter:
         self.last_ts: dict[str, int] = {}          # Upstox key -> last tick ts (kept across connections)
         self._vtt: dict[str, int] = {}             # per connection: last vtt
         self._ltt: dict[str, int] = {}             # per connection: last ltt
+        self._day: dict[str, int] = {}             # per connection: IST day of the last vtt
 
     def new_connection(self) -> None:
         """Forget the per-connection volume baselines (the next update of each is a snapshot)."""
         self._vtt.clear()
         self._ltt.clear()
+        self._day.clear()
 
     def convert(self, message: dict) -> list[m.Tick | m.MarketStatus]:
         """Messages from one decoded frame; bad parts are reported and skipped."""
@@ -327,9 +338,11 @@ class FeedConverter:
             return None
         vtt = quote.get("vtt")
         if vtt is not None:
-            prev = self._vtt.get(key)
-            ltq = 0 if prev is None or vtt < prev else vtt - prev
-            self._vtt[key] = vtt
+            day = (ts + IST_OFFSET_MS) // 86_400_000
+            prev = self._vtt.get(key) if self._day.get(key) == day else None   # vtt restarts daily
+            ltq = 0 if prev is None or vtt <= prev else vtt - prev
+            self._vtt[key] = vtt if prev is None else max(prev, vtt)   # a stale vtt never recounts
+            self._day[key] = day
         else:
             prev_ltt = self._ltt.get(key)
             ltq = _i(ltpc, "ltq") if prev_ltt is not None and ltt > prev_ltt else 0
@@ -556,7 +569,7 @@ class UpstoxSource:
         self._last_error = ""
         self._pending_gap: dict[str, int] = {}
         self._backfill_jobs: queue.Queue = queue.Queue()
-        self._backfill_problems = BadInput()
+        self._backfill_problems = BadInput(what="gap backfill failed", where="upstox.backfill_errors")
 
     @classmethod
     def from_settings(cls, settings, **options) -> "UpstoxSource":
@@ -624,6 +637,12 @@ class UpstoxSource:
             feeder.abort()
         for t in self._threads:
             t.join(timeout=2)
+        for client in {id(self._rest): self._rest, id(self._auth): self._auth}.values():
+            try:                     # the SDK's ApiClient owns a thread pool; close it while we can,
+                client.pool.close()  # not in its __del__ at interpreter exit (which prints an error)
+                client.pool.join()
+            except Exception:        # noqa: BLE001
+                pass
 
     def health(self) -> dict[str, Any]:
         """``{"upstox": counters, "market_status": {ts, segments} | None}`` for ``health.ingestor``."""
@@ -684,8 +703,7 @@ class UpstoxSource:
             self.converter.new_connection()
             try:
                 url = self._authorize()
-            except UpstoxConfigError as exc:
-                log.error("%s", exc)
+            except UpstoxConfigError as exc:     # the consumer reports it (one line) and stops
                 self._out.put(exc)
                 return
             except Exception as exc:           # noqa: BLE001 - network, 5xx, 429: try again later

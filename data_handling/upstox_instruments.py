@@ -191,7 +191,8 @@ class InstrumentsMaster:
                 same_month = [i for i in self._contracts.get((under, kind, round(float(strike), 4)), [])
                               if i.expiry and (i.expiry.year, i.expiry.month) == (year, month)]
                 if same_month:   # NSE's monthly symbol names the month's last expiry
-                    found.append(max(same_month, key=lambda i: i.expiry))
+                    last = max(i.expiry for i in same_month)
+                    found += [i for i in same_month if i.expiry == last]
         return list({i.instrument_key: i for i in found}.values())
 
     def candidates(self, entry: str) -> list[Instrument]:

@@ -352,7 +352,29 @@
     return `${Math.floor(ms / 3600000)}h`;
   }
 
+  // Exchange segments' status from the live feed's market-info message (Upstox), carried in the
+  // ingestor's health details; hidden for the simulator and replays, which have none.
+  const MARKET_TEXT = {
+    PRE_OPEN_START: 'pre-open', PRE_OPEN_END: 'pre-open ended', NORMAL_OPEN: 'open',
+    NORMAL_CLOSE: 'closed', CLOSING_START: 'closing session', CLOSING_END: 'closed',
+  };
+
+  function renderMarket() {
+    const ing = state.health.get('ingestor');
+    const ms = ing && ing.h.details && ing.h.details.market_status;
+    $('market-row').hidden = !ms;
+    if (!ms) return;
+    const key = state.selected || '';
+    const seg = key.includes('|') ? key.split('|')[0] : 'NSE_FO';
+    const status = (ms.segments || {})[seg] || (ms.segments || {}).NSE_FO || '';
+    const el = $('market-status');
+    el.textContent = `${MARKET_TEXT[status] || status || '—'} (${seg}, ${fmtTime(ms.ts)} IST)`;
+    el.className = status === 'NORMAL_OPEN' ? 'up' : 'muted';
+    el.title = Object.entries(ms.segments || {}).map(([k, v]) => `${k}: ${v}`).join('\n');
+  }
+
   function renderHealth() {
+    renderMarket();
     const strip = $('health-strip');
     const now = Date.now();
     const items = Array.from(state.health.entries()).sort((a, b) => a[0].localeCompare(b[0]));

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_handling.candles import CandleBuilder  # noqa: E402
+from data_handling.upstox_instruments import UpstoxConfigError  # noqa: E402  (no SDK import)
 from scripts.profiles import ProfileFeed  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
@@ -68,8 +69,12 @@ def make_source(feed: str, args: argparse.Namespace, settings: settings_mod.Sett
         from data_handling.simulator import SimulatedSource
         return SimulatedSource(list(settings.watchlist), seed=settings.sim_seed, speed=args.speed,
                                sleep=sleep)
-    raise ValueError("the Upstox live feed is not available in this version (issue #4); "
-                     "remove ACCESS_TOKEN / UPSTOX_ACCESS_TOKEN to run the simulator, or use --replay")
+    if feed == "upstox":
+        # Resolves WATCHLIST through the instruments master (downloaded once a day); raises
+        # UpstoxConfigError (a ValueError) for a missing token or an unknown symbol.
+        from data_handling.upstox_feed import UpstoxSource
+        return UpstoxSource.from_settings(settings)
+    raise ValueError(f"unknown feed {feed!r}")
 
 
 class Counters:
@@ -191,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     if not bus.wait_ready(15):
         log.warning("bus at %s did not answer within 15 s; publishing anyway", settings.bus_pub)
     health_stop = threading.Event()
+    feed_health = getattr(source, "health", dict)          # upstox: connection, bad input, gaps, market
     health = threading.Thread(target=health_loop, args=(settings, counters, writer, feed, health_stop,
-                                                                  research_health),
+                                                        lambda: {**research_health(), **feed_health()}),
                               name="health", daemon=True)
     health.start()
 
@@ -206,12 +212,29 @@ def main(argv: list[str] | None = None) -> int:
     housekeeping_due = 0.0
     encode = m.encode
     tick_topic = m.tick_topic
-    seq_offset = start_seq if feed == "sim" else 0
+    seq_offset = start_seq if feed in ("sim", "upstox") else 0
     ticks = source.ticks(start_seq) if feed == "replay" else source.ticks()
+
+    def feed_event(item) -> None:
+        """A live feed's item that is not a tick: publish a market status; store a gap's backfill
+        (DuckDB only: its ticks are in the past and never go on the bus); None = idle."""
+        if isinstance(item, m.MarketStatus):
+            publish(encode(m.market_status_topic(), item))
+        elif item is not None:                      # data_handling.upstox_backfill.Backfill
+            for t in item.ticks:
+                t.seq += seq_offset
+                writer.add_tick(t)
+            for c in item.candles:
+                writer.add_candle(c)
+        writer.maybe_handover()                     # a quiet feed still flushes its last ticks
+
     try:
         for tick in ticks:
             if stopping.is_set():
                 break
+            if tick.__class__ is not m.Tick:        # upstox: market status, gap backfill, idle
+                feed_event(tick)
+                continue
             if seq_offset:
                 tick.seq += seq_offset
             publish(encode(tick_topic(tick.instrument_key), tick))
@@ -249,7 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             # A live or simulated feed stops mid-bar: record the partial bar too.
             for candle in builder.flush():
                 writer.add_candle(candle)
+    except UpstoxConfigError as exc:                # e.g. the access token expired: no restart loop
+        counters.status = "error"
+        service.fatal(log, f"ingestor: {exc}")
     finally:
+        if hasattr(source, "close"):
+            source.close()
         if queries:
             queries.stop()       # cancels a running research query first: the flush matters more
         writer.close()

@@ -14,6 +14,7 @@ from typing import Callable
 
 from trading_core import messages as m
 from trading_core.profile import LiveAuctionEngine, PublishThrottle
+from trading_core.profile_config import ProfileConfig, config_for
 
 _OPTION = re.compile(r"\d+(CE|PE)$")
 
@@ -21,6 +22,16 @@ _OPTION = re.compile(r"\d+(CE|PE)$")
 def wants_profile(instrument_key: str) -> bool:
     """True for indices and futures, False for option contracts (``...24000CE``/``PE``)."""
     return not _OPTION.search(instrument_key)
+
+
+def config_for_live(instrument_key: str, first_price: float) -> ProfileConfig:
+    """The instrument's configured rows (NIFTY 5, BANKNIFTY 10 ...); for any other instrument,
+    rows derived from a typical 1 % daily range around its first price (about 40 rows a day),
+    since a live feed cannot wait for a range to be known."""
+    try:
+        return config_for(instrument_key)
+    except ValueError:
+        return config_for(instrument_key, recent_range=max(abs(first_price), 1.0) * 0.01)
 
 
 class ProfileFeed:
@@ -50,7 +61,7 @@ class ProfileFeed:
             if not wants_profile(key):
                 self._skip.add(key)
                 return
-            engine = self.engines[key] = LiveAuctionEngine(key)
+            engine = self.engines[key] = LiveAuctionEngine(key, config_for_live(key, tick.ltp))
             self.throttles[key] = PublishThrottle(self.min_interval_ms)
         engine.on_tick(tick.ts, tick.ltp, tick.ltq)
         self._dirty.add(key)

@@ -5,7 +5,7 @@ entry's ``params`` against its class's :attr:`Strategy.params_schema`)::
 
     {"strategies": [
         {"name": "ib_breakout_nifty",            # ^[a-z][a-z0-9_]{0,47}$, unique
-         "class": "ib_breakout",                 # a key of STRATEGY_CLASSES
+         "class": "ib_breakout",                 # a key of STRATEGY_CLASSES, or "module:Class"
          "enabled": true,                        # optional, default true
          "instruments": ["NSE_INDEX|Nifty 50"],  # Upstox instrument keys, >= 1
          "params": {"ib_minutes": 60}}           # optional; class defaults fill the rest
@@ -20,6 +20,7 @@ duplicated name ``strategy 'x' (#N)``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,6 +47,29 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "value_fade": ValueFade,
     "rule": RuleStrategy,
 }
+
+def resolve_class(cls_name: str) -> type[Strategy]:
+    """The Strategy subclass named ``cls_name``: a key of :data:`STRATEGY_CLASSES`, or
+    ``"package.module:ClassName"`` for a strategy of your own (importable from the project root,
+    e.g. ``"strategy.my_strategy:CloseAbove"``). Raises ``LookupError`` with a one-line reason
+    (unknown key, module that fails to import, missing class, not a Strategy subclass)."""
+    cls = STRATEGY_CLASSES.get(cls_name)
+    if cls is not None:
+        return cls
+    if ":" not in cls_name:
+        raise LookupError(f"unknown strategy class {cls_name!r} (known: {', '.join(sorted(STRATEGY_CLASSES))}; "
+                          "or \"module:ClassName\")")
+    module_name, _, attr = cls_name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to see, in one line
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise LookupError(f"cannot import {module_name!r}: {type(exc).__name__}: {why}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise LookupError(f"{cls_name!r} is not a Strategy subclass")
+    return cls
+
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "strategies.schema.json"
 
@@ -83,7 +107,10 @@ class StrategyConfig:
         """Prior trading days replayed on warm start (config, else the class default)."""
         if self.warm_days is not None:
             return self.warm_days
-        return getattr(STRATEGY_CLASSES.get(self.cls_name), "warm_days", 0)
+        try:
+            return resolve_class(self.cls_name).warm_days
+        except LookupError:
+            return 0
 
     def to_entry(self) -> dict[str, Any]:
         """This config as an entry of the strategies file (JSON-able; re-validates to itself)."""
@@ -151,10 +178,12 @@ def parse_strategies(text: str, where: str = "<strategies>",
         problems = per_entry[i]
         if isinstance(entry, dict):
             name, cls_name = entry.get("name"), entry.get("class")
-            cls = STRATEGY_CLASSES.get(cls_name) if isinstance(cls_name, str) else None
-            if isinstance(cls_name, str) and cls is None:
-                problems.append(f"class: unknown strategy class {cls_name!r} "
-                                f"(known: {', '.join(sorted(STRATEGY_CLASSES))})")
+            cls = None
+            if isinstance(cls_name, str):
+                try:
+                    cls = resolve_class(cls_name)
+                except LookupError as exc:
+                    problems.append(f"class: {exc}")
             params = entry.get("params", {})
             if cls is not None and isinstance(params, dict):
                 problems.extend(param_errors(cls, params))
@@ -181,10 +210,10 @@ def build(config: StrategyConfig, emit: Callable[[Signal], None]) -> Strategy:
     Raises :class:`StrategyConfigError` for an unknown class, ``ValueError`` for invalid params
     (both impossible for a config returned by :func:`load_strategies`).
     """
-    cls = STRATEGY_CLASSES.get(config.cls_name)
-    if cls is None:
-        raise StrategyConfigError([f"strategy {config.name!r}: class: unknown strategy class "
-                                   f"{config.cls_name!r} (known: {', '.join(sorted(STRATEGY_CLASSES))})"])
+    try:
+        cls = resolve_class(config.cls_name)
+    except LookupError as exc:
+        raise StrategyConfigError([f"strategy {config.name!r}: class: {exc}"]) from None
     return cls(config.name, config.instruments, config.params, emit)
 
 

@@ -5,8 +5,9 @@ calls this; tests and backtests call it directly. So the live, warm-started and 
 are the same code.
 
 Warm start (a strategy started or restarted mid-session): the runner is first fed the session's
-recorded 1-minute candles (:meth:`StrategyRunner.warm_up`, ``strategy.warming`` True), then the
-live stream (:meth:`StrategyRunner.handle`). Candles not newer than the last one of their
+recorded 1-minute candles (:meth:`StrategyRunner.warm_up`, ``strategy.warming`` True): the
+current day's so far and, for strategies that need them, earlier days' (their signals are history
+and never sent); then the live stream (:meth:`StrategyRunner.handle`). Candles not newer than the last one of their
 instrument are dropped, so history and live may overlap. Signals are identified by
 :func:`signal_key` ``(instrument_key, side, ts)``: one already emitted before the restart (the
 ``already_emitted`` keys the manager and the ``signals`` table remember) is suppressed; any other,
@@ -40,7 +41,8 @@ class StrategyRunner:
     Exceptions raised by the strategy's hooks propagate (the wrapper decides what to do).
 
     Counters (for health reports): ``signals`` published, ``suppressed`` (already emitted),
-    ``late`` (published during warm-up), ``candles``, ``ticks``, ``profiles``, ``stale`` (candles
+    ``late`` (published during warm-up), ``history`` (warm-up signals of earlier days, never
+    sent), ``candles``, ``ticks``, ``profiles``, ``stale`` (candles
     dropped as not newer), ``market_ts`` (latest event time, epoch ms UTC).
     """
 
@@ -50,7 +52,8 @@ class StrategyRunner:
         self._already = collections.Counter(tuple(k) for k in already_emitted)
         self.strategy = make(self._on_signal)
         self._last_candle: dict[str, int] = {}
-        self.signals = self.suppressed = self.late = 0
+        self.signals = self.suppressed = self.late = self.history = 0
+        self._send_from = 0
         self.candles = self.ticks = self.profiles = self.stale = 0
         self.market_ts = 0
         self.started = False
@@ -62,12 +65,16 @@ class StrategyRunner:
             self.started = True
             self.strategy.on_start()
 
-    def warm_up(self, candles: Iterable[Candle], every: Callable[[], None] | None = None,
-                every_n: int = 64) -> int:
-        """Replay recorded candles (time-ordered) with ``strategy.warming`` set; call ``every()``
-        each ``every_n`` candles (the wrapper sends heartbeats there). Returns candles fed."""
+    def warm_up(self, candles: Iterable[Candle], send_from_ts: int = 0,
+                every: Callable[[], None] | None = None, every_n: int = 64) -> int:
+        """Replay recorded candles (time-ordered) with ``strategy.warming`` set. Signals they give
+        with ``ts`` before ``send_from_ts`` (epoch ms; the wrapper passes the start of the current
+        IST day) belong to history and are not sent (counted in ``history``); later ones are sent
+        unless already emitted. ``every()`` is called each ``every_n`` candles (the wrapper sends
+        heartbeats there). Returns the number of candles fed."""
         self.start()
         fed = 0
+        self._send_from = send_from_ts
         self.strategy.warming = True
         try:
             for candle in candles:
@@ -76,6 +83,7 @@ class StrategyRunner:
                     every()
         finally:
             self.strategy.warming = False
+            self._send_from = 0
         return fed
 
     def handle(self, msg: Any) -> None:
@@ -111,9 +119,18 @@ class StrategyRunner:
         """Open time of the last candle fed for ``instrument_key`` (``None`` if none)."""
         return self._last_candle.get(instrument_key)
 
+    def remember(self, keys: Iterable[SignalKey]) -> None:
+        """Add keys of signals already emitted (e.g. read from the ``signals`` table); a key
+        given both here and to the constructor still suppresses only one signal."""
+        for key in set(tuple(k) for k in keys) - set(self._already):
+            self._already[key] += 1
+
     # --- output -------------------------------------------------------------------------------
     def _on_signal(self, sig: Signal) -> None:
         key = signal_key(sig)
+        if sig.ts < self._send_from:
+            self.history += 1
+            return
         if self._already[key] > 0:
             self._already[key] -= 1
             self.suppressed += 1
@@ -126,5 +143,6 @@ class StrategyRunner:
     def stats(self) -> dict[str, int]:
         """The counters, for a health report."""
         return {"signals": self.signals, "suppressed": self.suppressed, "late": self.late,
+                "history": self.history,
                 "candles": self.candles, "ticks": self.ticks, "profiles": self.profiles,
                 "stale": self.stale, "market_ts": self.market_ts}

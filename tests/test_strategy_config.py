@@ -60,9 +60,12 @@ def error_of(path) -> StrategyConfigError:
 # --- the shipped file ------------------------------------------------------------------------
 def test_shipped_config_validates():
     configs = load_strategies(SHIPPED)
-    assert [c.name for c in configs] == ["ib_breakout_nifty", "ib_breakout_banknifty"]
-    assert [c.instruments for c in configs] == [["NSE_INDEX|Nifty 50"], ["NSE_INDEX|Nifty Bank"]]
-    assert all(c.cls_name == "ib_breakout" and c.enabled and c.params == DEFAULTS for c in configs)
+    enabled = [c for c in configs if c.enabled]
+    assert [c.name for c in enabled] == ["ib_breakout_nifty", "ib_breakout_banknifty"]
+    assert [c.instruments for c in enabled] == [["NSE_INDEX|Nifty 50"], ["NSE_INDEX|Nifty Bank"]]
+    assert all(c.cls_name == "ib_breakout" and c.params == DEFAULTS for c in enabled)
+    # one example of every class is shipped (disabled: enable it in the file or the browser)
+    assert {c.cls_name for c in configs} == set(STRATEGY_CLASSES)
     jsonschema.Draft202012Validator.check_schema(json.loads(SCHEMA_PATH.read_text()))
     for cls in STRATEGY_CLASSES.values():
         jsonschema.Draft202012Validator.check_schema(cls.params_schema)
@@ -110,7 +113,8 @@ CASES = [
      "'2:30pm' does not match ^([01][0-9]|2[0-3]):[0-5][0-9]$"),
     ("unknown class", lambda s: s[1].update({"class": "ib_brekout"}),
      "configs/strategies.json: strategy 'ib_breakout_banknifty': class: unknown strategy class "
-     "'ib_brekout' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade)"),
+     "'ib_brekout' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade; "
+     "or \"module:ClassName\")"),
     ("bad name", lambda s: s[0].update(name="IB-Nifty"),
      "configs/strategies.json: strategy 'IB-Nifty': name: 'IB-Nifty' does not match "
      "^[a-z][a-z0-9_]{0,47}$"),
@@ -222,7 +226,9 @@ def run_script(*args, cwd):
 def test_script_ok_on_shipped_config(tmp_path):
     r = run_script(cwd=tmp_path)  # default path, run from elsewhere
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "ok: 2 strategies (ib_breakout_nifty, ib_breakout_banknifty)\n"
+    assert r.stdout == ("ok: 7 strategies (ib_breakout_nifty, ib_breakout_banknifty, ib_acceptance_nifty "
+                        "[disabled], eighty_percent_nifty [disabled], open_drive_nifty [disabled], "
+                        "value_fade_nifty [disabled], ema_value_nifty [disabled])\n")
 
 
 def test_script_reports_each_error_and_exits_1(cfg_dir):
@@ -236,7 +242,8 @@ def test_script_reports_each_error_and_exits_1(cfg_dir):
         "configs/strategies.json: strategy 'ib_breakout_nifty': params.ib_minutes: "
         "'sixty' is not of type 'integer'",
         "configs/strategies.json: strategy 'ib_breakout_banknifty': class: unknown strategy class "
-        "'nope' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade)"]
+        "'nope' (known: eighty_percent, ib_acceptance, ib_breakout, open_drive, rule, value_fade; "
+     "or \"module:ClassName\")"]
 
 
 def test_script_invalid_json_and_ok_path(cfg_dir):

@@ -365,6 +365,183 @@ class ControlReply(Message, tag="control_reply"):
     ts: int = 0
 
 
+# --- risk, orders, fills, positions, service events (appended: scripts/execution.py) ------------
+RISK = "risk"                # risk.<strategy>
+ORDER = "order"              # order.<instrument_key>
+FILL = "fill"                # fill.<instrument_key>
+POSITION = "position"        # position.<instrument_key>
+EVENT = "event"              # event.<service>
+
+
+def risk_topic(strategy: str) -> str:
+    """Topic of the risk guard's decisions on one strategy's signals, e.g. ``risk.ib_breakout_nifty``."""
+    return f"{RISK}.{strategy}"
+
+
+def order_topic(instrument_key: str) -> str:
+    """Topic of order state changes of one instrument, e.g. ``order.NSE_INDEX|Nifty 50``."""
+    return f"{ORDER}.{instrument_key}"
+
+
+def fill_topic(instrument_key: str) -> str:
+    """Topic of executions (fills) of one instrument, e.g. ``fill.NSE_INDEX|Nifty 50``."""
+    return f"{FILL}.{instrument_key}"
+
+
+def position_topic(instrument_key: str) -> str:
+    """Topic of position updates (opened, stop moved, marks, closed) of one instrument."""
+    return f"{POSITION}.{instrument_key}"
+
+
+def event_topic(service: str) -> str:
+    """Topic of one service's notable events (start, recovery, kill switch...), e.g. ``event.execution``."""
+    return f"{EVENT}.{service}"
+
+
+class RiskDecision(Message, tag="risk"):
+    """The risk guard's verdict on one :class:`Signal` (see ``trading_core/risk.py``).
+
+    ``signal_id``: the signal's identity (``risk.signal_id``: strategy, instrument, side, ts).
+    The signal's fields are repeated (``signal_ts`` its ts). ``approved``; ``rule``: the code of
+    the first rule that failed (``""`` when approved), ``failed``: every rule that failed,
+    ``reason``: one line for a human. Sizing (also on a rejection, where computable):
+    ``quantity`` units = ``lots`` x ``lot_size``; ``risk_per_unit`` = |entry - stop| rupees;
+    ``risk_amount`` = quantity x risk_per_unit rupees; ``budget``: the most a trade may risk
+    (rupees); ``reward_risk`` = |target - entry| / |entry - stop|. ``ts``: market time of the
+    decision (the signal's ts), epoch ms UTC; ``decided_ms``: wall clock.
+    """
+
+    signal_id: str
+    strategy: str
+    instrument_key: str
+    side: Literal["BUY", "SELL"]
+    entry: float
+    stop_loss: float
+    target: float
+    signal_ts: int
+    approved: bool
+    reason: str
+    rule: str = ""
+    failed: list[str] = []
+    quantity: int = 0
+    lots: int = 0
+    lot_size: int = 0
+    risk_per_unit: float = 0.0
+    risk_amount: float = 0.0
+    budget: float = 0.0
+    reward_risk: float = 0.0
+    ts: int = 0
+    decided_ms: int = 0
+
+
+class Order(Message, tag="order"):
+    """One state of one order (see ``trading_core/execution_engine.py``).
+
+    ``kind``: ``entry`` (opens the position), ``stop`` / ``target`` (the position's protective
+    stop-loss and profit target: working orders the execution service holds and sends as a
+    market / limit order when the price reaches them), ``exit`` (time exit, square-off, kill
+    switch). ``order_type``: ``MARKET`` | ``LIMIT`` | ``SL-M``; ``price``: limit price or stop
+    trigger (rupees; 0 for MARKET). ``status``: ``placed`` | ``modified`` (stop moved) |
+    ``filled`` | ``cancelled`` | ``rejected``; ``reason`` says why (exit reason, rejection).
+    ``quantity`` units; ``side`` the order's own side (an exit of a long is a SELL).
+    ``fill_price``: average fill price once filled. ``client``: ``paper`` | ``upstox``;
+    ``broker_order_id``: the broker's id (live only). ``ts``: market time, epoch ms UTC.
+    """
+
+    order_id: str
+    signal_id: str
+    position_id: str
+    strategy: str
+    instrument_key: str
+    side: Literal["BUY", "SELL"]
+    quantity: int
+    kind: str
+    order_type: str
+    status: str
+    ts: int
+    price: float = 0.0
+    fill_price: float = 0.0
+    reason: str = ""
+    client: str = "paper"
+    broker_order_id: str = ""
+
+
+class Fill(Message, tag="fill"):
+    """An execution of an order: ``quantity`` units at ``price`` rupees (after slippage).
+
+    ``ltp``: the traded price of the tick it filled on (paper) or 0 (live); ``slippage``:
+    rupees per unit paid against ``ltp`` (>= 0 is a cost). ``kind`` as the order's. ``ts``:
+    market time, epoch ms UTC.
+    """
+
+    fill_id: str
+    order_id: str
+    position_id: str
+    signal_id: str
+    strategy: str
+    instrument_key: str
+    side: Literal["BUY", "SELL"]
+    quantity: int
+    price: float
+    kind: str
+    ts: int
+    ltp: float = 0.0
+    slippage: float = 0.0
+    client: str = "paper"
+
+
+class Position(Message, tag="position"):
+    """One update of one position (see ``trading_core/paper.py``).
+
+    ``side``: ``BUY`` = long, ``SELL`` = short; ``quantity`` units (``lots`` x ``lot_size``).
+    ``entry_price``: the entry fill (rupees), ``entry_ts`` its time. ``stop_loss``: the stop
+    now; ``initial_stop`` the signal's; ``trailed``: the stop was moved to break-even.
+    ``status``: ``open`` | ``closed``; ``event``: ``opened`` | ``stop_moved`` | ``mark`` |
+    ``recovered`` (a restarted execution service took it over) | ``closed``. ``last_price``:
+    the latest traded price; ``unrealised_pnl`` / ``realised_pnl`` rupees (gross: no charges).
+    When closed: ``exit_price``, ``exit_ts``, ``exit_reason`` (``stop`` | ``breakeven_stop`` |
+    ``target`` | ``time`` | ``square_off`` | ``kill_switch``). ``ts``: market time of the update.
+    """
+
+    position_id: str
+    signal_id: str
+    strategy: str
+    instrument_key: str
+    side: Literal["BUY", "SELL"]
+    quantity: int
+    entry_price: float
+    entry_ts: int
+    stop_loss: float
+    target: float
+    status: str
+    event: str
+    ts: int
+    lots: int = 0
+    lot_size: int = 0
+    initial_stop: float = 0.0
+    trailed: bool = False
+    last_price: float = 0.0
+    unrealised_pnl: float = 0.0
+    realised_pnl: float = 0.0
+    exit_price: float = 0.0
+    exit_ts: int = 0
+    exit_reason: str = ""
+    client: str = "paper"
+
+
+class ServiceEvent(Message, tag="service_event"):
+    """A notable event of one service, kept in the audit trail: ``event`` e.g. ``started``,
+    ``recovered``, ``kill_switch``, ``resumed``, ``live_confirmed``, ``error``, ``stopped``;
+    ``message`` one line for a human; ``details`` counters; ``ts`` wall clock, epoch ms UTC."""
+
+    service: str
+    event: str
+    message: str
+    ts: int
+    details: dict[str, Any] = {}
+
+
 # Profile (and the types appended after it) join the union the decoder accepts.
-AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile, MarketStatus, ControlReply]
+AnyMessage = Union[Tick, Candle, Signal, Health, Control, Profile, MarketStatus, ControlReply,
+                   RiskDecision, Order, Fill, Position, ServiceEvent]
 _decoder = msgspec.json.Decoder(AnyMessage)
