@@ -61,3 +61,36 @@ SIM_SEED = 7
 QUERY_ENDPOINT = "tcp://127.0.0.1:5557"
 QUERY_TIMEOUT_S = 30
 QUERY_MAX_ROWS = 1_000_000
+
+# --- Risk guard and execution (scripts/execution.py). Money in rupees, times HH:MM IST. ---------
+# Every signal passes the risk guard (trading_core/risk.py) before it may become an order.
+CAPITAL = 1_000_000            # trading capital the sizing works from
+RISK_PER_TRADE_PCT = 1.0       # a trade may lose at most this % of CAPITAL at its stop; sized in
+                               # whole lots: lots = floor(CAPITAL * pct / 100 / (|entry - stop| * lot))
+MIN_REWARD_RISK = 1.5          # reject below this |target - entry| / |entry - stop|
+DAILY_LOSS_LIMIT = 20_000      # no new trades once today's PnL (realised + open) is this far down
+MAX_TRADES_PER_DAY = 4         # approved trades per IST day, all instruments together
+ENTRY_CUTOFF = "14:45"         # no new trades at or after this time (session 09:15-15:30)
+# One trade per instrument per day (the intraday lock) is always on.
+
+# Paper execution and position management (trading_core/paper.py): fills at the first tick at or
+# after the signal's time; SLIPPAGE rupees per unit against us on market fills, or a dict by
+# underlying, e.g. {"NIFTY": 0.5, "BANKNIFTY": 1.0, "default": 0.5}.
+SLIPPAGE = 0.5
+TIME_EXIT_MINUTES = 30         # close a position this long after its entry (0: never)
+TRAIL_TRIGGER = 0.5            # move the stop to break-even once this share of the target is made (0: never)
+SQUARE_OFF = "15:15"           # close everything still open at this time
+MAX_SIGNAL_DELAY_S = 10        # reject a signal arriving this long after the market passed its time
+
+# Lot sizes (units per lot) by underlying: a number, or [(first IST date, lot), ...] so replays of
+# old days use the lot of the day. None: NSE's history from its circulars (trading_core/risk.py,
+# NSE_LOT_SIZES: NIFTY 75 -> 50 on 2021-06-25 -> 25 -> 75 -> 65, BANKNIFTY 20 -> 25 -> 15 -> 30 -> 35 -> 30).
+# Check NSE's current lots before trading live; e.g. LOT_SIZES = {"NIFTY": 75, "BANKNIFTY": 35}
+LOT_SIZES = None
+
+# Real orders through Upstox (trading_core/execution_client.py). Only with the Upstox live feed,
+# and run.py asks you to type LIVE at start-up. False: paper trading.
+LIVE_TRADING = False
+# Upstox's order host (place/cancel) [UPSTOX_ORDER_BASE_URL]; empty: https://api-hft.upstox.com,
+# or UPSTOX_BASE_URL when that points elsewhere (a local test server).
+UPSTOX_ORDER_BASE_URL = ""

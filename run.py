@@ -13,6 +13,7 @@ Commands (each has its own --help):
   python3 run.py restart STRATEGY    restart one strategy without stopping the rest
   python3 run.py sql "SELECT ..."    read-only SQL on the recorded market, running or not
   python3 run.py export ...          hive-partitioned Parquet of recorded days
+  python3 run.py kill-switch         flatten every position and stop new orders (--resume, --status)
 
 Examples:
   python3 run.py
@@ -41,9 +42,10 @@ from trading_core import messages as m, persistence, settings as settings_mod  #
 from trading_core.bus import BusClient, now_ms  # noqa: E402
 from trading_core.supervision import Child, child_env, kill_all, python_cmd, stop_all  # noqa: E402
 
-SERVICES = ("bus", "api", "strategy_manager", "ingestor")
+SERVICES = ("bus", "api", "strategy_manager", "execution", "ingestor")
 SCRIPTS = {"bus": "scripts/bus.py", "api": "api/server.py",
-           "strategy_manager": "scripts/strategy_manager.py", "ingestor": "scripts/ingestor.py"}
+           "strategy_manager": "scripts/strategy_manager.py", "execution": "scripts/execution.py",
+           "ingestor": "scripts/ingestor.py"}
 READY_TIMEOUT_S = 30.0
 EXIT_CONFIG = 2
 
@@ -206,7 +208,8 @@ class Supervisor:
             return 1
         self.start("api")
         self.start("strategy_manager")
-        self.wait_ready(["api", "strategy_manager"], READY_TIMEOUT_S)
+        self.start("execution")          # risk guard + orders: subscribed before the first signal
+        self.wait_ready(["api", "strategy_manager", "execution"], READY_TIMEOUT_S)
         if not self.stopping.is_set():
             self.start("ingestor")
         last_report = 0.0
@@ -242,7 +245,8 @@ class Supervisor:
         """Stop the feed first (it flushes DuckDB), then the consumers, then the bus; <= 5 s."""
         everyone = psutil.Process().children(recursive=True)
         say("stopping all services")
-        order = [["ingestor"], ["strategy_manager", "api"], ["bus"]]
+        # execution with the ingestor: its last events still reach the audit trail
+        order = [["execution", "ingestor"], ["strategy_manager", "api"], ["bus"]]
         budget = {0: 2.5, 1: 1.5, 2: 0.5}
         for i, group in enumerate(order):
             stop_all([self.children[n] for n in group], timeout_s=budget[i])
@@ -260,6 +264,7 @@ COMMANDS = {
     "restart": "scripts.ctl:restart_main",
     "sql": "scripts.research:sql_main",
     "export": "scripts.research:export_main",
+    "kill-switch": "scripts.execution:kill_switch_main",
 }
 
 
@@ -291,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if settings.live_trading:      # real orders: the user must type LIVE here (scripts/execution.py)
+        from scripts.execution import live_gate
+        problem, live_env = live_gate(settings, args.feed if args.feed != "auto" else (
+            "replay" if args.replay else "upstox" if settings.access_token else "sim"))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        env.update(live_env)
     # One feed run per run.py: a restarted ingestor resumes a replay instead of starting over.
     env["AMT_RUN_ID"] = f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     supervisor = Supervisor(args, settings, env)

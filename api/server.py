@@ -3,7 +3,8 @@
 Run by ``run.py``; alone with ``python3 api/server.py [--host H] [--port N] [--config FILE]``.
 
 It subscribes to ``tick.``, ``candle.``, ``signal.``, ``profile.`` and ``health.`` on the bus,
-keeps the day's snapshot in memory (see :mod:`api.hub`) and publishes its own
+keeps the day's snapshot in memory (see :mod:`api.hub`), keeps the execution blotter from
+``risk.``, ``order.``, ``fill.``, ``position.`` and ``event.`` (see :mod:`api.blotter`) and publishes its own
 ``health.api`` once a second. Status ``starting`` becomes ``ready`` only after a probe
 published by this process has come back through the proxy to its SUB socket, so when the
 supervisor sees ``ready`` every subscription of the API is live at the proxy and nothing the
@@ -23,6 +24,14 @@ Endpoints (prices rupees, ``ts`` epoch ms UTC; the page displays IST):
                                     5,000 rows as ``{"columns", "rows", "row_count", "truncated", ...}``,
                                     or ``{"kind", "error"}`` (see ``scripts/research.py: api_sql``)
 ``GET /api/sql/examples``           the saved example queries
+``GET /api/execution``              the blotter: signals, risk decisions, orders, fills, positions with
+                                    live PnL and the kill switch (see :mod:`api.blotter`)
+``POST /api/strategies/control``    ``{"command": "restart"|"enable"|"disable", "target": NAME}``
+                                    (application/json) -> 202 ``{"sent": Control}``; the strategy
+                                    manager carries it out and reports it in its health
+                                    (``details.last_command``)
+``POST /api/kill-switch``           ``{"resume": false}`` (application/json): engage (or with ``true``
+                                    release) the execution service's kill switch -> ``{"sent": cmd}``
 ``WS  /ws``                         first a ``snapshot`` frame, then a ``batch`` frame at most every
                                     100 ms. Client -> server: ``{"subscribe":[key,...]}`` limits ticks,
                                     candles and profiles to those instruments (``null`` or ``"*"``:
@@ -48,6 +57,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -66,6 +76,7 @@ import zmq.asyncio  # noqa: E402
 from fastapi import FastAPI, Query, Request, WebSocket  # noqa: E402
 from fastapi.responses import FileResponse, Response  # noqa: E402
 
+from api.blotter import Blotter  # noqa: E402
 from api.hub import Client, Hub, now_ms  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import bus as bus_mod, logs, messages as m, settings as settings_mod  # noqa: E402
@@ -76,16 +87,20 @@ PAGE_FILES = {"index.html": "text/html; charset=utf-8",
               "app.js": "text/javascript; charset=utf-8",
               "style.css": "text/css; charset=utf-8",
               "console.html": "text/html; charset=utf-8",       # the SQL console (issue 7)
-              "console.js": "text/javascript; charset=utf-8"}
+              "console.js": "text/javascript; charset=utf-8",
+              "blotter.js": "text/javascript; charset=utf-8",       # the execution blotter (issue 6)
+              "strategies.js": "text/javascript; charset=utf-8"}    # the strategies panel (issue 5)
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 BATCH_S = 0.1               # WebSocket batch period
 HEALTH_S = 1.0              # health.api period
 ABORT_AFTER_S = 0.4         # on shutdown, connections still open after this are aborted
 DRAIN_MAX = 5000            # bus frames handled per event-loop turn
-SUBSCRIPTIONS = ("tick.", "candle.", "signal.", "profile.", "health.")   # health last: see _probe
+SUBSCRIPTIONS = ("tick.", "candle.", "signal.", "profile.", "risk.", "order.", "fill.", "position.",
+                 "event.", "health.")   # health last: see _probe
 
 log = logging.getLogger("api")
+STRATEGY_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")      # configs/strategies.schema.json
 _json = msgspec.json.Encoder().encode
 
 
@@ -108,6 +123,7 @@ class BusBridge:
     def __init__(self, settings: settings_mod.Settings, hub: Hub, url: str):
         self.settings = settings
         self.hub = hub
+        self.blotter = Blotter()                  # risk/order/fill/position frames (api/blotter.py)
         self.url = url
         self.ctx = zmq.asyncio.Context()
         self.sub = self.ctx.socket(zmq.SUB)
@@ -132,13 +148,14 @@ class BusBridge:
 
     # --- loops ---------------------------------------------------------------------------
     async def _reader(self) -> None:
-        hub, sub, sync = self.hub, self.sub, self.sub_sync
+        hub, sub, sync, blotter = self.hub, self.sub, self.sub_sync, self.blotter
         while True:
             try:
                 frame = await sub.recv()
             except (zmq.ContextTerminated, zmq.ZMQError):
                 return
             hub.ingest(frame)
+            blotter.ingest(frame)
             for _ in range(DRAIN_MAX):
                 try:
                     frame = sync.recv(zmq.NOBLOCK)
@@ -147,6 +164,7 @@ class BusBridge:
                 except zmq.ZMQError:
                     return
                 hub.ingest(frame)
+                blotter.ingest(frame)
             else:
                 await asyncio.sleep(0)        # a long burst: let the flusher and clients run
 
@@ -308,6 +326,64 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
         status, body = await research.api_sql(settings, request.headers.get("content-type", ""),
                                               await request.body())
         return Response(_json(body), status_code=status, media_type="application/json", headers=NO_CACHE)
+
+    # --- execution blotter and kill switch (api/blotter.py, scripts/execution.py) -----------
+    @app.get("/blotter.js")
+    async def blotter_js() -> Response:
+        return page_file("blotter.js")
+
+    @app.get("/strategies.js")
+    async def strategies_js() -> Response:
+        return page_file("strategies.js")
+
+    @app.get("/api/execution")
+    async def execution() -> Response:
+        return Response(_json(bridge.blotter.snapshot()), media_type="application/json", headers=NO_CACHE)
+
+    @app.post("/api/kill-switch")
+    async def kill_switch(request: Request) -> Response:
+        # JSON only: a cross-site form cannot send it without a CORS preflight, which we never allow
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return Response(_json({"error": "send application/json"}), status_code=415,
+                            media_type="application/json")
+        try:
+            body = msgspec.json.decode(await request.body() or b"{}")
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("resume", False), bool):
+            return Response(_json({"error": 'body must be {"resume": false|true}'}), status_code=400,
+                            media_type="application/json")
+        command = "resume" if body.get("resume") else "kill_switch"
+        bridge.pub.send(m.encode(m.control_topic("execution"),
+                                 m.Control(command=command, target="browser", ts=now_ms())))
+        log.warning("kill switch: %s requested from the browser (%s)", command,
+                    request.client.host if request.client else "?")
+        return Response(_json({"sent": command}), media_type="application/json", headers=NO_CACHE)
+
+    # --- strategy control (scripts/strategy_manager.py answers on reply.strategy_manager) -----
+    @app.post("/api/strategies/control")
+    async def strategy_control(request: Request) -> Response:
+        # JSON only, as the kill switch: no cross-site form can send it
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return Response(_json({"error": "send application/json"}), status_code=415,
+                            media_type="application/json")
+        try:
+            body = msgspec.json.decode(await request.body() or b"{}")
+        except msgspec.DecodeError:
+            body = None
+        command = body.get("command") if isinstance(body, dict) else None
+        target = body.get("target") if isinstance(body, dict) else None
+        if command not in ("restart", "enable", "disable") or not isinstance(target, str) \
+                or not STRATEGY_NAME.fullmatch(target):
+            return Response(_json({"error": 'body must be {"command": "restart"|"enable"|"disable", '
+                                            '"target": "<strategy name>"}'}),
+                            status_code=400, media_type="application/json")
+        control = m.Control(command=command, target=target, ts=now_ms())
+        bridge.pub.send(m.encode(m.control_topic("strategy_manager"), control))
+        log.info("strategy %s: %s requested from the browser (%s)", target, command,
+                 request.client.host if request.client else "?")
+        return Response(_json({"sent": control}), status_code=202, media_type="application/json",
+                        headers=NO_CACHE)
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:

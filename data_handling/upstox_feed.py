@@ -439,10 +439,24 @@ class UpstoxStreamer(MarketDataStreamerV3):
         self.feeder_options = feeder_options
 
     def connect(self) -> None:
-        self.feeder = VerifiedFeederV3(self.api_client, self.url, on_open=self.handle_open,
-                                       on_message=self.handle_message, on_error=self.handle_error,
-                                       on_close=self.handle_close, **self.feeder_options)
+        self.feeder = VerifiedFeederV3(self.api_client, self.url, on_open=self._current(self.handle_open),
+                                       on_message=self._current(self.handle_message),
+                                       on_error=self._current(self.handle_error),
+                                       on_close=self._current(self.handle_close), **self.feeder_options)
         self.feeder.connect()
+
+    def _current(self, handler: Callable) -> Callable:
+        """``handler`` for the current connection only: an attempt given up on (say, one still
+        opening after the timeout) must not subscribe or deliver through the SDK's ``self.feeder``,
+        which by then is the next connection; it is closed instead."""
+        def call(ws, *args):
+            feeder = self.feeder
+            if feeder is not None and feeder.ws is ws:
+                return handler(ws, *args)
+            if handler == self.handle_open:
+                ws.keep_running = False
+                ws.close()
+        return call
 
     def handle_message(self, ws, message) -> None:
         try:

@@ -255,11 +255,15 @@
     priceLines = [];
     const p = state.profiles.get(state.selected);
     if (!p || typeof p !== 'object') return;
-    const levels = [['poc', 'POC', '#f0b429'], ['vah', 'VAH', '#4c8dff'], ['val', 'VAL', '#4c8dff']];
-    for (const [field, title, color] of levels) {
+    // Today's value (POC/VAH/VAL), the initial balance, and the prior session's value.
+    const levels = [['poc', 'POC', '#f0b429', 'Dashed'], ['vah', 'VAH', '#4c8dff', 'Dashed'],
+                    ['val', 'VAL', '#4c8dff', 'Dashed'], ['ib_high', 'IBH', '#9b7bd4', 'Dotted'],
+                    ['ib_low', 'IBL', '#9b7bd4', 'Dotted'], ['prior_poc', 'pPOC', '#8a6d1f', 'SparseDotted'],
+                    ['prior_vah', 'pVAH', '#3a5a8f', 'SparseDotted'], ['prior_val', 'pVAL', '#3a5a8f', 'SparseDotted']];
+    for (const [field, title, color, style] of levels) {
       if (typeof p[field] === 'number' && isFinite(p[field])) {
         priceLines.push(series.createPriceLine({
-          price: p[field], color, lineWidth: 1, lineStyle: LWC.LineStyle.Dashed, axisLabelVisible: true, title,
+          price: p[field], color, lineWidth: 1, lineStyle: LWC.LineStyle[style], axisLabelVisible: true, title,
         }));
       }
     }
@@ -522,7 +526,10 @@
   }
 
   // for the browser console: amt.state, amt.chart
-  window.amt = { state, get chart() { return chart; }, get series() { return series; } };
+  window.amt = {
+    state, get chart() { return chart; }, get series() { return series; }, get markers() { return markers; },
+    priceLines: () => Object.fromEntries(priceLines.map((l) => [l.options().title, l.options().price])),
+  };
 
   // ages in the health strip and the staleness banner move with the clock
   setInterval(() => { renderHealth(); renderBanner(); }, 1000);

@@ -2,7 +2,10 @@
 candles, and persists both to DuckDB in Arrow batches.
 
 Feeds: ``--replay PATH`` (recorded files, see ``data_handling/replay.py``), the seeded
-simulator (default when no access token is configured), or Upstox (issue #4).
+simulator (default when no access token is configured), or the Upstox live feed
+(``data_handling/upstox_feed.py``: market status published on ``market.status``, a feed gap
+backfilled into DuckDB only, counters under ``upstox`` in ``health.ingestor``; a rejected
+token exits with code 2).
 A replay that reaches its end stays up (status ``finished``) so the supervisor does not
 replay it again; a restarted replay with the same ``AMT_RUN_ID`` resumes after the last
 persisted tick.
@@ -29,6 +32,7 @@ from scripts import service  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
 from trading_core import query as query_mod, query_server, views  # noqa: E402
+from trading_core import audit  # noqa: E402
 
 SERVICE = "ingestor"
 
@@ -121,6 +125,7 @@ def connect_waiting(path: Path, wait_s: float = 10.0):
                 raise
             time.sleep(0.2)
     views.install(con)
+    audit.install(con)         # the audit trail (trading_core/audit.py)
     return con
 
 
@@ -177,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("replaced %d ticks of an earlier replay of the same range", deleted)
                 views.clear_replayed_signals(con, frame["instrument_key"].unique().to_list(),
                                              int(frame["ts"].min()), int(frame["ts"].max()))
+                audit.clear_replayed(con, frame["instrument_key"].unique().to_list(),
+                                     int(frame["ts"].min()), int(frame["ts"].max()))
         else:
             for tick in persistence.forming_ticks(con, "replay"):
                 builder.update(tick)
@@ -186,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     signals = views.SignalRecorder(con, settings.bus_pub, settings.bus_sub, feed, args.run_id)
     if not signals.start():
         log.warning("signal recorder not subscribed after 10 s; early signals may be missed")
+    trail = audit.AuditRecorder(con, settings.bus_pub, settings.bus_sub, feed, args.run_id)
+    if not trail.start():
+        log.warning("audit recorder not subscribed after 10 s; early events may be missed")
 
     def research_health() -> dict:
-        return {"signals_recorded": signals.recorded,
+        return {"signals_recorded": signals.recorded, **trail.stats(),
                 "query": queries.stats() if queries else {"endpoint": settings.query_endpoint,
                                                           "status": "unavailable"}}
 
@@ -282,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             queries.stop()       # cancels a running research query first: the flush matters more
         writer.close()
         signals.stop()
+        trail.stop()
         health_stop.set()
         health.join(timeout=2)
         bus.close()

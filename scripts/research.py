@@ -65,7 +65,8 @@ def _param(text: str):
 
 
 def _print_table(df: pl.DataFrame, rows: int, truncated: bool, elapsed_ms: float, via: str,
-                 out=sys.stdout) -> None:
+                 out=None) -> None:
+    out = out or sys.stdout
     shown = df.head(rows)
     with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=False,
@@ -89,6 +90,8 @@ def sql_main(argv: list[str]) -> int:
                "PRAGMA run.")
     p.add_argument("sql", nargs="?", help="the query; '-' or omitted: read it from --file or stdin")
     p.add_argument("-f", "--file", metavar="SQLFILE", help="read the query from this file")
+    p.add_argument("-e", "--example", metavar="NAME", help="run a saved example query (--list-examples)")
+    p.add_argument("--list-examples", action="store_true", help="print the saved example queries and exit")
     p.add_argument("-p", "--param", action="append", default=[], metavar="VALUE",
                    help="a value for the next ? placeholder (repeatable); numbers stay numbers")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
@@ -103,8 +106,20 @@ def sql_main(argv: list[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) and EXIT_CONFIG
+    if args.list_examples:
+        from trading_core.views import EXAMPLES
+        for e in EXAMPLES:
+            print(f"-- {e['name']}: {e['title']}\n{e['sql']};\n")
+        return 0
     try:
-        if args.file:
+        if args.example:
+            from trading_core.views import EXAMPLES
+            chosen = [e for e in EXAMPLES if e["name"] == args.example]
+            if not chosen:
+                raise ValueError(f"no example {args.example!r}; choose from "
+                                 f"{', '.join(e['name'] for e in EXAMPLES)}")
+            sql = chosen[0]["sql"]
+        elif args.file:
             sql = Path(args.file).read_text()
         elif args.sql in (None, "-"):
             if sys.stdin.isatty():

@@ -245,7 +245,7 @@ class Manager:
             if alive and h is not None:
                 state = h.status
                 for k in ("signals", "errors", "last_message_ts", "market_ts", "warm", "late", "suppressed",
-                          "cpu_percent", "rss_bytes"):
+                          "history", "cpu_percent", "rss_bytes", "params"):
                     if k in h.details:
                         info[k] = h.details[k]
             elif alive:

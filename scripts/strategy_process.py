@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                           m.exact(m.profile_topic(key))]
     bus = BusClient(settings.bus_pub, settings.bus_sub, subscriptions)
     health = service.HealthReporter(bus, f"strategy.{name}")
-    info: dict[str, Any] = {"class": config.cls_name, "instruments": config.instruments, "errors": 0,
-                            "last_message_ts": 0, "warm": {}}
+    info: dict[str, Any] = {"class": config.cls_name, "instruments": config.instruments,
+                            "params": config.params, "errors": 0, "last_message_ts": 0, "warm": {}}
 
     def publish(signal: m.Signal) -> None:
         bus.publish(m.signal_topic(name), signal)

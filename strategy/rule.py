@@ -123,6 +123,7 @@ class RuleStrategy(AuctionStrategy):
                    "volume": candle.volume, "oi": candle.oi, "ts": candle.ts,
                    "time": hhmm_of(candle.ts), "date": fmt_ist(candle.ts)[:10]}
         if self.program.uses_profile:
+            book.profile                  # built now (cached), so no expression's time limit pays for it
             symbols["profile"] = ProfileView(book)
         ev.update(symbols, (candle.open, candle.high, candle.low, candle.close, candle.volume))
         st = s.state

@@ -518,3 +518,70 @@ class FakeUpstox:
 def decode(raw: bytes) -> pb.FeedResponse:
     """A recorded frame back as the SDK's protobuf message."""
     return pb.FeedResponse.FromString(raw)
+
+
+def feed_fields(feed: pb.Feed) -> dict[str, Any]:
+    """What the desk must store of one sent feed, read straight off the protobuf message (not
+    through MessageToDict), for field-by-field comparisons: ts, ltp, oi, mode, cp, vtt, atp, iv,
+    greeks, best bid/ask, depth levels, tbq/tsq."""
+    which = feed.WhichOneof("FeedUnion")
+    out: dict[str, Any] = {}
+    if which == "ltpc":
+        ltpc, mode = feed.ltpc, "ltpc"
+    elif which == "fullFeed" and feed.fullFeed.WhichOneof("FullFeedUnion") == "indexFF":
+        ix = feed.fullFeed.indexFF
+        ltpc, mode = ix.ltpc, "full"
+        out["ohlc"] = [(o.interval, o.open, o.high, o.low, o.close, o.vol, o.ts) for o in ix.marketOHLC.ohlc]
+    elif which == "fullFeed":
+        mf = feed.fullFeed.marketFF
+        ltpc, mode = mf.ltpc, "full" if feed.requestMode == pb.full_d5 else "full_d30"
+        depth = [(q.bidQ, q.bidP, q.askQ, q.askP) for q in mf.marketLevel.bidAskQuote]
+        out.update(vtt=mf.vtt, atp=mf.atp, oi=mf.oi, iv=mf.iv, tbq=mf.tbq, tsq=mf.tsq, depth=depth,
+                   bid=depth[0][1], bid_qty=depth[0][0], ask=depth[0][3], ask_qty=depth[0][2],
+                   ohlc=[(o.interval, o.open, o.high, o.low, o.close, o.vol, o.ts) for o in mf.marketOHLC.ohlc])
+        if mf.HasField("optionGreeks"):
+            g = mf.optionGreeks
+            out.update(delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega, rho=g.rho)
+    else:
+        fl = feed.firstLevelWithGreeks
+        ltpc, mode = fl.ltpc, "option_greeks"
+        g, q = fl.optionGreeks, fl.firstDepth
+        out.update(vtt=fl.vtt, oi=fl.oi, iv=fl.iv, delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega,
+                   rho=g.rho, depth=[(q.bidQ, q.bidP, q.askQ, q.askP)], bid=q.bidP, bid_qty=q.bidQ,
+                   ask=q.askP, ask_qty=q.askQ)
+    out.update(ts=ltpc.ltt, ltp=ltpc.ltp, cp=ltpc.cp, mode=mode, feed_ltq=ltpc.ltq)
+    out.setdefault("oi", 0.0)
+    return out
+
+
+def sent_feeds(fake: "FakeUpstox", kinds: tuple[str, ...] = ("initial", "live")) -> dict[str, list[dict]]:
+    """Every feed the fake sent, per instrument key, in order: :func:`feed_fields` plus ``conn``
+    (connection index) and ``feed_ts`` (the frame's currentTs)."""
+    out: dict[str, list[dict]] = {}
+    for n, c in enumerate(list(fake.connections)):
+        for kind, raw in list(c.sent):
+            if kind not in kinds:
+                continue
+            r = decode(raw)
+            for key, f in r.feeds.items():
+                out.setdefault(key, []).append(dict(feed_fields(f), conn=n, feed_ts=r.currentTs))
+    return out
+
+
+def expected_ltq(feeds: list[dict]) -> list[int]:
+    """The desk's volume rule (see data_handling/upstox_feed.py) applied to one instrument's
+    feeds: the first feed of each connection is a baseline (0); then the rise of ``vtt`` over the
+    highest seen, or without vtt the feed's own quantity when its trade time advanced."""
+    out: list[int] = []
+    best = last_ltt = conn = None
+    for f in feeds:
+        if f["conn"] != conn:
+            conn, best, last_ltt = f["conn"], None, None
+        vtt = f.get("vtt")
+        if vtt is None:
+            out.append(f["feed_ltq"] if last_ltt is not None and f["ts"] > last_ltt else 0)
+        else:
+            out.append(0 if best is None or vtt <= best else vtt - best)
+            best = vtt if best is None else max(best, vtt)
+        last_ltt = f["ts"]
+    return out

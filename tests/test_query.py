@@ -9,6 +9,7 @@ service stopped, opens the file read-only itself.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import subprocess
 import sys
@@ -170,11 +171,45 @@ def test_sessions_have_the_days_levels_and_follow_new_candles(system, bars):
                                 settings=settings)
         assert s2.height == len(days) + 1
         assert s2["prior_close"][-1] == s.filter(pl.col("date") == days[-1])["close"][0]
+        # The incremental refresh equals a computation over the whole history, priors included.
+        full = profiles_table_of(con)
+        stored = query_client.query("SELECT * FROM sessions ORDER BY date", settings=settings)
+        assert stored.select(full.columns).equals(full)
     finally:
         con.execute("DELETE FROM ticks WHERE ts >= ?", [int(july["ts"].min())])
         con.execute("DELETE FROM candles_1m WHERE ts >= ?", [int(july["ts"].min())])
     s3 = query_client.query("SELECT count(*) AS n FROM sessions", settings=settings)
     assert s3["n"][0] == len(days)
+    # A day removed in the middle: its session goes, and the next day's prior is the day before.
+    mid = bars.filter(pl.col("date") == pl.date(2022, 6, 15))
+    lo, hi = int(mid["ts"].min()), int(mid["ts"].max())
+    con.execute("DELETE FROM candles_1m WHERE ts BETWEEN ? AND ?", [lo, hi])
+    try:
+        s4 = query_client.query("SELECT date, close, prior_close FROM sessions ORDER BY date", settings=settings)
+        assert datetime.date(2022, 6, 15) not in s4["date"].to_list() and s4.height == len(days) - 1
+        before = s4.filter(pl.col("date") == pl.date(2022, 6, 14))["close"][0]
+        assert s4.filter(pl.col("date") == pl.date(2022, 6, 16))["prior_close"][0] == before
+        assert profiles_table_of(con).equals(
+            query_client.query("SELECT * FROM sessions ORDER BY date", settings=settings)
+            .select(profiles_table_of(con).columns))
+    finally:
+        con.register("_c", mid.select("instrument_key", "ts", "open", "high", "low", "close", "volume", "oi",
+                                      ticks=pl.lit(4, pl.Int32), source=pl.lit("replay")).to_arrow())
+        con.execute("INSERT INTO candles_1m BY NAME SELECT * FROM _c")
+        con.unregister("_c")
+    assert query_client.query("SELECT count(*) AS n FROM sessions", settings=settings)["n"][0] == len(days)
+
+
+def profiles_table_of(con) -> pl.DataFrame:
+    """Every NIFTY session computed in one pass over all its candles (no incremental refresh)."""
+    from trading_core.profile_batch import compute_profiles
+    df = con.sql("SELECT ts, open, high, low, close, volume FROM candles_1m WHERE instrument_key = ? "
+                 "ORDER BY ts", params=[KEY]).pl()
+    rows = [dict(date=p.session, poc=p.poc, vah=p.vah, val=p.val, ib_high=p.ib_high, ib_low=p.ib_low,
+                 open_type=p.open_type, day_type=p.day_type, closed=p.closed, prior_close=p.prior.close if p.prior else None,
+                 prior_poc=p.prior.poc if p.prior else None, value_relation=p.value_relation)
+            for p in compute_profiles(df, instrument_key=KEY)]
+    return pl.DataFrame(rows).with_columns(pl.col("date").str.to_date())
 
 
 # --- read-only -------------------------------------------------------------------------------
@@ -350,3 +385,36 @@ def test_sql_errors_are_one_line(system):
     assert "no_such_column" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(q.QuerySQLError):
         query_client.query("SELEC 1", settings=settings)
+
+
+def test_a_service_recording_another_file_is_not_mistaken_for_ours(system, tmp_path, bars):
+    settings, server, _ = system
+    other = dataclasses.replace(settings, duckdb_path=tmp_path / "other.duckdb")
+    with pytest.raises(q.QueryUnavailable, match="records .*market.duckdb, not .*other.duckdb"):
+        query_client.query_result("SELECT 1", settings=other, via="server")
+    # Our file is not held by anyone: it is read directly, not through the other system.
+    con = persistence.connect(other.duckdb_path)
+    fill(con, bars.filter(pl.col("date") == pl.date(2022, 6, 1)))
+    con.close()
+    r = query_client.query_result("SELECT count(*) AS n FROM candles_1m", settings=other)
+    assert r.via == "file" and r.table.column("n")[0].as_py() == bars.filter(pl.col("date") == pl.date(2022, 6, 1)).height
+    served_before = server.served
+    assert query_client.query("SELECT 1 AS x", settings=other, any_db=True)["x"][0] == 1
+    assert server.served == served_before + 1
+
+
+def test_a_file_recorded_before_the_research_views_still_has_them(tmp_path, bars):
+    path = tmp_path / "old.duckdb"
+    con = persistence.connect(path)                  # base schema only: no views.install
+    fill(con, bars.filter(pl.col("date") <= pl.date(2022, 6, 3)))
+    con.close()
+    settings = dataclasses.replace(settings_mod.load(), duckdb_path=path,
+                                   query_endpoint=f"tcp://127.0.0.1:{free_port()}")
+    c = query_client.query("SELECT count(*) AS n FROM candles(30)", settings=settings)
+    assert c["n"][0] > 0
+    s = query_client.query("SELECT date, poc FROM sessions ORDER BY date", settings=settings)
+    assert s["date"].to_list() == [datetime.date(2022, 6, d) for d in (1, 2, 3)]
+    assert query_client.query("SELECT count(*) AS n FROM signal_outcomes", settings=settings)["n"][0] == 0
+    con = duckdb.connect(str(path), read_only=True)   # and the file itself was not changed
+    assert con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'signal_outcomes'").fetchone()[0] == 0
+    con.close()

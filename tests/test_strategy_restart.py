@@ -1,6 +1,6 @@
 """Per-strategy restart with warm start, through the whole system (``run.py``) on a real day.
 
-NIFTY 2022-11-09 is replayed at 1000x into a DuckDB file that already holds the ten recorded
+NIFTY 2022-11-09 is replayed at 2000x into a DuckDB file that already holds the ten recorded
 days before it (as a running desk would), with four strategies in their own processes. When the
 rule strategy has sent its second signal, ``python3 run.py restart ema_x`` restarts it. Then:
 
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from strategy import registry
 from strategy.runner import StrategyRunner
@@ -60,9 +61,13 @@ def seed(db: Path) -> list[m.Candle]:
             for line in f.read_text().splitlines() if line.strip()]
     dates = sorted({b.date for b in bars if b.date < DAY.replace("-", "")})[-SEED_DAYS:]
     candles = sorted((b.candle() for b in bars if b.date in dates), key=lambda c: c.ts)
+    table = pa.Table.from_pylist(
+        [{"instrument_key": c.instrument_key, "ts": c.ts, "open": c.open, "high": c.high, "low": c.low,
+          "close": c.close, "volume": 0, "oi": 0.0, "ticks": 4, "source": "replay"} for c in candles],
+        schema=persistence.CANDLE_SCHEMA)
     con = persistence.connect(db)
-    con.executemany("INSERT INTO candles_1m VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'replay')",
-                    [[c.instrument_key, c.ts, c.open, c.high, c.low, c.close, 0, 0.0, 4] for c in candles])
+    con.register("seed", table)
+    con.execute("INSERT INTO candles_1m SELECT * FROM seed")
     con.close()
     return candles
 
@@ -81,7 +86,7 @@ def test_restart_one_strategy_mid_replay_equals_uninterrupted_run(tmp_path):
     path.write_text(json.dumps(STRATEGIES))
     seeded = seed(tmp_path / "market.duckdb")
     assert len({c.ts // 86_400_000 for c in seeded}) >= SEED_DAYS - 1
-    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1000",
+    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "2000",
                     "--query-endpoint", f"tcp://127.0.0.1:{free_port()}", strategies=path)
     try:
         def running(h):

@@ -21,6 +21,9 @@ import threading
 import time
 from typing import Callable
 
+import msgspec
+import msgspec.structs
+
 from trading_core import messages as m
 from trading_core.paper import PaperConfig, PaperFills
 
@@ -77,13 +80,13 @@ class PaperExecutionClient(ExecutionClient):
         try:
             self.market.submit(order)
         except ValueError as exc:
-            return dataclasses.replace(order, status="rejected", reason=str(exc))
+            return msgspec.structs.replace(order, status="rejected", reason=str(exc))
         return order
 
     def cancel(self, order: m.Order) -> m.Order:
         """Remove it from the paper market."""
         self.market.cancel(order.order_id)
-        return dataclasses.replace(order, status="cancelled")
+        return msgspec.structs.replace(order, status="cancelled")
 
     def on_tick(self, instrument_key: str, ts: int, ltp: float) -> list[Outcome]:
         """Fills this print causes."""
@@ -180,7 +183,7 @@ class UpstoxExecutionClient(ExecutionClient):
         try:
             token = self.resolve(order.instrument_key)
         except ValueError as exc:
-            return dataclasses.replace(order, status="rejected", reason=str(exc), client=self.name)
+            return msgspec.structs.replace(order, status="rejected", reason=str(exc), client=self.name)
         limit = order.order_type == "LIMIT"
         body = self._sdk.PlaceOrderV3Request(
             quantity=int(order.quantity), product=self.product, validity="DAY",
@@ -197,8 +200,8 @@ class UpstoxExecutionClient(ExecutionClient):
             self.errors += 1
             why = self._why(exc)
             log.error("upstox: order %s not placed: %s", order.order_id, why)
-            return dataclasses.replace(order, status="rejected", reason=f"Upstox: {why}", client=self.name)
-        placed = dataclasses.replace(order, broker_order_id=str(ids[0]), client=self.name)
+            return msgspec.structs.replace(order, status="rejected", reason=f"Upstox: {why}", client=self.name)
+        placed = msgspec.structs.replace(order, broker_order_id=str(ids[0]), client=self.name)
         with self._lock:
             self._tracked[placed.broker_order_id] = placed
         log.info("upstox: %s %s %d %s placed as %s", order.order_id, order.side, order.quantity,
@@ -209,17 +212,17 @@ class UpstoxExecutionClient(ExecutionClient):
         """``DELETE /v3/order/cancel`` for an order at the broker; an order never sent (a stop or
         target the engine holds) is simply cancelled."""
         if not order.broker_order_id:
-            return dataclasses.replace(order, status="cancelled")
+            return msgspec.structs.replace(order, status="cancelled")
         try:
             self._orders_v3.cancel_order(order.broker_order_id, _request_timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
             self.errors += 1
             why = self._why(exc)
             log.error("upstox: cancel of %s (%s) failed: %s", order.order_id, order.broker_order_id, why)
-            return dataclasses.replace(order, reason=f"cancel failed: {why}")
+            return msgspec.structs.replace(order, reason=f"cancel failed: {why}")
         with self._lock:
             self._tracked.pop(order.broker_order_id, None)
-        return dataclasses.replace(order, status="cancelled")
+        return msgspec.structs.replace(order, status="cancelled")
 
     def resume(self, order: m.Order) -> None:
         """Track an order placed before a restart (needs its ``broker_order_id``)."""
@@ -254,13 +257,15 @@ class UpstoxExecutionClient(ExecutionClient):
         if status == "complete":
             price = float(getattr(data, "average_price", 0) or 0)
             qty = int(getattr(data, "filled_quantity", 0) or order.quantity)
-            filled = dataclasses.replace(order, status="filled", fill_price=price, ts=max(ts, order.ts))
+            # ts: the order's (market time); the engine stamps the fill with its market clock
+            filled = msgspec.structs.replace(order, status="filled", fill_price=price)
             return filled, m.Fill(
                 fill_id=f"{order.order_id}-F", order_id=order.order_id, position_id=order.position_id,
                 signal_id=order.signal_id, strategy=order.strategy, instrument_key=order.instrument_key,
-                side=order.side, quantity=qty, price=price, kind=order.kind, ts=filled.ts, client=self.name)
+                side=order.side, quantity=qty, price=price, kind=order.kind, ts=max(ts, order.ts),
+                client=self.name)
         reason = str(getattr(data, "status_message", "") or status)
-        return dataclasses.replace(order, status=_DONE[status], reason=f"Upstox: {reason}"), None
+        return msgspec.structs.replace(order, status=_DONE[status], reason=f"Upstox: {reason}"), None
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval_s):

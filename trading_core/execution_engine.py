@@ -36,6 +36,9 @@ import dataclasses
 import time
 from typing import Any, Callable, Iterable
 
+import msgspec
+import msgspec.structs
+
 from trading_core import messages as m
 from trading_core.execution_client import ExecutionClient
 from trading_core.paper import PaperConfig, PositionBook, PositionState, Update, opposite
@@ -179,9 +182,35 @@ class ExecutionEngine:
                 self._process(key, buf.ts[i], buf.seq[i], buf.ltp[i])
         return msg
 
+    def reject(self, sig: m.Signal, rule: str, reason: str) -> m.RiskDecision:
+        """Publish a rejection of ``sig`` decided outside the rules (e.g. ``missed``: published
+        while this service was down); a signal already decided is left alone (returns None)."""
+        if signal_id(sig) in self.risk.seen:
+            return None
+        self.counters["signals"] += 1
+        self.counters["rejected"] += 1
+        self.risk.record(sig, False)
+        msg = rejection(rule, reason).message(sig, self.clock())
+        self.publish(m.risk_topic(sig.strategy), msg)
+        return msg
+
+    def wants(self, instrument_key: str) -> bool:
+        """Whether ticks of ``instrument_key`` matter: watched, or with a position or entry order."""
+        if self.watch is None or instrument_key in self.watch:
+            return True
+        return any(p.instrument_key == instrument_key for p in self.book.open.values()) or \
+            any(e.order.instrument_key == instrument_key for e in self.entries.values())
+
     def poll(self) -> None:
-        """Apply the client's asynchronous outcomes (live fills and rejections)."""
+        """Apply the client's asynchronous outcomes (live fills and rejections). A live fill is
+        stamped with the market time: the latest tick of its instrument (at least the order's
+        ``ts``), so position management runs on one clock, the feed's."""
         for order, fill in self.client.poll():
+            if fill is not None:
+                last = self.last.get(order.instrument_key)
+                ts = max(order.ts, last[0]) if last else fill.ts
+                fill = msgspec.structs.replace(fill, ts=ts, ltp=fill.ltp or (last[2] if last else 0.0))
+                order = msgspec.structs.replace(order, ts=ts)
             self._outcome(order, fill)
 
     def kill(self, reason: str = "kill switch") -> dict[str, Any]:
@@ -193,7 +222,7 @@ class ExecutionEngine:
         for oid in list(self.entries):
             entry = self.entries.pop(oid)
             done = self.client.cancel(entry.order)
-            self._pub_order(dataclasses.replace(done, status="cancelled", reason=reason))
+            self._pub_order(msgspec.structs.replace(done, status="cancelled", reason=reason))
             cancelled += 1
         before = sum(p.realised_pnl for p in self.book.closed.values())
         flattened = 0
@@ -318,7 +347,7 @@ class ExecutionEngine:
                 pos = upd.position
                 legs = self.legs.get(pos.position_id, {})
                 if "stop" in legs:
-                    legs["stop"] = dataclasses.replace(legs["stop"], status="modified", price=pos.stop_loss,
+                    legs["stop"] = msgspec.structs.replace(legs["stop"], status="modified", price=pos.stop_loss,
                                                        ts=upd.ts, reason="trailed to break-even")
                     self._pub_order(legs["stop"])
                 self.publish(m.position_topic(key), pos.message("stop_moved", upd.ts))
@@ -330,9 +359,9 @@ class ExecutionEngine:
         pos, reason = upd.position, upd.reason
         legs = self.legs.get(pos.position_id, {})
         if reason in ("stop", "breakeven_stop") and "stop" in legs:
-            order = dataclasses.replace(legs.pop("stop"), status="placed", ts=upd.ts, reason=reason)
+            order = msgspec.structs.replace(legs.pop("stop"), status="placed", ts=upd.ts, reason=reason)
         elif reason == "target" and "target" in legs:
-            order = dataclasses.replace(legs.pop("target"), status="placed", ts=upd.ts, reason=reason)
+            order = msgspec.structs.replace(legs.pop("target"), status="placed", ts=upd.ts, reason=reason)
         else:
             order = m.Order(order_id=f"{pos.position_id}-X", signal_id=pos.signal_id,
                             position_id=pos.position_id, strategy=pos.strategy,
@@ -365,7 +394,7 @@ class ExecutionEngine:
                 if pos is not None:
                     pos.exiting = ""
                     if order.kind in ("stop", "target"):
-                        self.legs.setdefault(pid, {})[order.kind] = dataclasses.replace(
+                        self.legs.setdefault(pid, {})[order.kind] = msgspec.structs.replace(
                             order, status="placed", reason="")
             return
         self.counters["fills"] += 1
@@ -395,7 +424,7 @@ class ExecutionEngine:
         if pid not in self.book.open:
             return
         for leg in self.legs.pop(pid, {}).values():
-            self._pub_order(dataclasses.replace(self.client.cancel(leg), status="cancelled", ts=fill.ts,
+            self._pub_order(msgspec.structs.replace(self.client.cancel(leg), status="cancelled", ts=fill.ts,
                                                 reason=f"position closed ({reason})"))
         pos = self.book.close(pid, fill, reason)
         self.counters["closed"] += 1

@@ -39,6 +39,9 @@ import datetime as _dt
 import math
 from typing import Any, Mapping
 
+import msgspec
+import msgspec.structs
+
 from trading_core import messages as m
 from trading_core.risk import hhmm, ist_date, ist_minute, underlying_of
 
@@ -145,7 +148,7 @@ class PaperFills:
                 price = market_price(order.side, ltp, slippage)
                 slip = round(abs(price - ltp), 4)
             self.cancel(oid)
-            filled = dataclasses.replace(order, status="filled", fill_price=price, ts=ts)
+            filled = msgspec.structs.replace(order, status="filled", fill_price=price, ts=ts)
             out.append((filled, m.Fill(
                 fill_id=f"{oid}-F", order_id=oid, position_id=order.position_id, signal_id=order.signal_id,
                 strategy=order.strategy, instrument_key=instrument_key, side=order.side,

@@ -296,7 +296,7 @@ def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Checked:
     if type_name != "SELECT":
         why = _REFUSED_TYPES.get(type_name, f"{type_name} statements are refused")
         raise QueryRefused(f"refused: {why}; only read queries run ({_short(text)})")
-    serialised = con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0]
+    serialised = con.execute("SELECT json_serialize_sql(?)", [text]).fetchall()[0][0]
     tree = json.loads(serialised)
     if tree.get("error"):
         raise QueryRefused(f"refused: {tree.get('error_message', 'cannot analyse the statement')} "

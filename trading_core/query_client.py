@@ -80,16 +80,27 @@ def query_result(sql: str, params: q.Params = None, *, timeout_s: float | None =
         raise ValueError(f"via must be auto, server or file, got {via!r}")
     expect_db = None if any_db else settings.duckdb_path
     if via == "server":
-        return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
+        try:
+            return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
+        except _WrongDb as exc:
+            raise QueryUnavailable(str(exc)) from None
     if via == "file":
         return _via_file(settings.duckdb_path, sql, params, limits)
     deadline = time.monotonic() + limits.timeout_s
     while True:
+        wrong_db = None
         if server_listening(settings.query_endpoint):
-            return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
+            try:
+                return _via_server(settings.query_endpoint, sql, params, limits, expect_db)
+            except _WrongDb as exc:          # another system: our file may well be free
+                wrong_db = exc
         try:
             return _via_file(settings.duckdb_path, sql, params, limits)
         except _Locked as exc:
+            if wrong_db is not None:
+                raise QueryUnavailable(f"{wrong_db}; and {settings.duckdb_path} is held by {exc.holder}; "
+                                       f"set QUERY_ENDPOINT / --query-endpoint to the system recording "
+                                       f"it") from None
             if time.monotonic() >= deadline:
                 raise QueryUnavailable(
                     f"{settings.duckdb_path} is held by {exc.holder} and no query service answers on "
@@ -156,13 +167,11 @@ def _exchange(endpoint: str, request: dict, wait_s: float) -> tuple[dict, zmq.Fr
 def _via_server(endpoint: str, sql: str, params: q.Params, limits: q.Limits,
                 expect_db: Path | None = None) -> Result:
     header, body = _exchange(endpoint, {"sql": sql, "params": params, "timeout_s": limits.timeout_s,
-                                        "max_rows": limits.max_rows, "truncate": limits.truncate},
+                                        "max_rows": limits.max_rows, "truncate": limits.truncate,
+                                        "db": str(Path(expect_db).resolve()) if expect_db else None},
                              limits.timeout_s + TRANSFER_SLACK_S)
-    served = str(header.get("db") or "")
-    if expect_db is not None and served and Path(served).resolve() != Path(expect_db).resolve():
-        raise QueryUnavailable(f"the system answering on {endpoint} records {served}, not {expect_db}; "
-                               f"point DUCKDB_PATH / --db at that file, or QUERY_ENDPOINT at the "
-                               f"right system")
+    if header.get("kind") == "wrong_db":
+        raise _WrongDb(str(header.get("error")))
     if not header.get("ok"):
         raise q.error_from(str(header.get("kind", "error")), str(header.get("error", "query failed")))
     table = q.from_ipc(body.buffer if hasattr(body, "buffer") else body)
@@ -170,6 +179,10 @@ def _via_server(endpoint: str, sql: str, params: q.Params, limits: q.Limits,
 
 
 # --- on the file itself (system stopped) ------------------------------------------------------
+
+
+class _WrongDb(Exception):
+    """The service answering serves another database file."""
 
 
 class _Locked(Exception):

@@ -13,14 +13,15 @@ Wire protocol (version 1). The client sends ``[b"", request]`` from a DEALER (or
 ``request`` is JSON::
 
     {"v": 1, "id": "any", "sql": "SELECT ...", "params": [..] | {..} | null,
-     "timeout_s": 30, "max_rows": 1000000, "truncate": false}
+     "timeout_s": 30, "max_rows": 1000000, "truncate": false, "db": "/abs/path.duckdb" | null}
     {"v": 1, "id": "any", "op": "ping"}
 
 and gets ``[b"", header, body]``: ``header`` is JSON ``{"v":1, "id", "ok": true, "rows",
 "truncated", "elapsed_ms", "timeout_s", "max_rows"}`` with ``body`` the result as an Arrow IPC
 stream, or ``{"v":1, "id", "ok": false, "kind", "error"}`` with an empty ``body``; ``kind`` is
 one of ``refused`` | ``timeout`` | ``too_large`` | ``sql`` | ``busy`` | ``error`` (see
-:mod:`trading_core.query`). Every query reply also carries ``"db"``: the database file served,
+:mod:`trading_core.query`), or ``wrong_db`` when the request names a ``db`` other than the one
+served (answered at once, nothing runs). Every query reply also carries ``"db"``: the database file served,
 so a client can tell it reached the system it meant. A ping answers ``{"ok": true, "pong":
 true, "db": path, "pid", counters...}``.
 
@@ -192,6 +193,12 @@ class QueryServer:
             self._reply_now(router, ident, envelope, {"id": rid, "ok": True, "pong": True,
                                                       "db": self.db_label, "pid": os.getpid(),
                                                       **self.stats()})
+            return
+        want = req.get("db")
+        if want and self.db_label and os.path.realpath(str(want)) != os.path.realpath(self.db_label):
+            self._reply_now(router, ident, envelope, {
+                "id": rid, "ok": False, "kind": "wrong_db", "db": self.db_label,
+                "error": f"the system answering on {self.endpoint} records {self.db_label}, not {want}"})
             return
         if self._pending >= len(self._cursors) + self.max_queue:
             self._reply_now(router, ident, envelope, {

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +29,7 @@ ENV = {
     "query_max_rows": "AMT_QUERY_MAX_ROWS",
     "access_token": "UPSTOX_ACCESS_TOKEN",
     "upstox_base_url": "UPSTOX_BASE_URL",
+    "upstox_order_base_url": "UPSTOX_ORDER_BASE_URL",
     "upstox_authorize_url": "UPSTOX_FEED_AUTHORIZE_URL",
     "upstox_instruments_url": "UPSTOX_INSTRUMENTS_URL",
     "upstox_mode": "UPSTOX_MODE",
@@ -70,6 +72,22 @@ class Settings:
     query_endpoint: str = "tcp://127.0.0.1:5557"
     query_timeout_s: float = 30.0
     query_max_rows: int = 1_000_000
+    # Risk guard, paper execution and live orders (trading_core/risk.py, paper.py,
+    # execution_client.py; validated by _execution_settings). Money in rupees, times HH:MM IST.
+    capital: float = 1_000_000.0
+    risk_per_trade_pct: float = 1.0
+    min_reward_risk: float = 1.5
+    daily_loss_limit: float = 20_000.0
+    max_trades_per_day: int = 4
+    entry_cutoff: str = "14:45"
+    slippage: Any = 0.5                                   # rupees per unit, or {underlying: .., "default": ..}
+    time_exit_minutes: float = 30.0
+    trail_trigger: float = 0.5
+    square_off: str = "15:15"
+    max_signal_delay_s: float = 10.0
+    lot_sizes: dict = dataclasses.field(default_factory=dict)   # {} = trading_core.risk.NSE_LOT_SIZES
+    live_trading: bool = False
+    upstox_order_base_url: str = "https://api-hft.upstox.com"
 
     def __repr__(self) -> str:  # the token must not leak through a debug print
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -154,6 +172,7 @@ def load(config_file: str | Path | None = None) -> Settings:
         sim_seed=seed,
         config_file=path,
         **_query_settings(path.name, get),
+        **_execution_settings(path.name, get, base_url),
     )
 
 
@@ -171,3 +190,57 @@ def _query_settings(name: str, get) -> dict:
     if timeout_s <= 0 or max_rows <= 0:
         raise ValueError(f"{name}: QUERY_TIMEOUT_S and QUERY_MAX_ROWS must be positive")
     return {"query_endpoint": endpoint, "query_timeout_s": timeout_s, "query_max_rows": max_rows}
+
+
+def _execution_settings(name: str, get, base_url: str) -> dict:
+    """CAPITAL, RISK_PER_TRADE_PCT, MIN_REWARD_RISK, DAILY_LOSS_LIMIT, MAX_TRADES_PER_DAY,
+    ENTRY_CUTOFF, SLIPPAGE, TIME_EXIT_MINUTES, TRAIL_TRIGGER, SQUARE_OFF, MAX_SIGNAL_DELAY_S,
+    LOT_SIZES, LIVE_TRADING, UPSTOX_ORDER_BASE_URL (see config.example.py). Raises ``ValueError``
+    naming the file and the setting."""
+    from trading_core.paper import PaperConfig
+    from trading_core.risk import NSE_LOT_SIZES, LotSizes, RiskConfig, hhmm
+
+    def num(setting: str, default):
+        value = get(setting.lower(), default)
+        if isinstance(value, str):                      # from the environment
+            try:
+                value = float(value) if "." in value else int(value)
+            except ValueError:
+                raise ValueError(f"{name}: {setting} must be a number, got {value!r}") from None
+        return value
+
+    out = {k: num(k.upper(), d) for k, d in (
+        ("capital", 1_000_000.0), ("risk_per_trade_pct", 1.0), ("min_reward_risk", 1.5),
+        ("daily_loss_limit", 20_000.0), ("max_trades_per_day", 4), ("time_exit_minutes", 30.0),
+        ("trail_trigger", 0.5), ("max_signal_delay_s", 10.0))}
+    out["entry_cutoff"] = str(get("entry_cutoff", "14:45"))
+    out["square_off"] = str(get("square_off", "15:15"))
+    out["slippage"] = get("slippage", 0.5)
+    if isinstance(out["slippage"], str):
+        out["slippage"] = num("SLIPPAGE", 0.5)
+    lots = get("lot_sizes", None)
+    out["lot_sizes"] = dict(NSE_LOT_SIZES) if lots is None else lots
+    live = get("live_trading", False)
+    if not isinstance(live, bool):
+        raise ValueError(f"{name}: LIVE_TRADING must be True or False, got {live!r}")
+    out["live_trading"] = live
+    order_url = str(get("upstox_order_base_url", "") or "")
+    out["upstox_order_base_url"] = (order_url or ("https://api-hft.upstox.com" if base_url == UPSTOX_BASE_URL
+                                                  else base_url)).rstrip("/")
+    try:
+        RiskConfig(capital=out["capital"], risk_per_trade_pct=out["risk_per_trade_pct"],
+                   min_reward_risk=out["min_reward_risk"], daily_loss_limit=out["daily_loss_limit"],
+                   max_trades_per_day=out["max_trades_per_day"], entry_cutoff=out["entry_cutoff"],
+                   lot_sizes=LotSizes(out["lot_sizes"])).validate()
+        PaperConfig(slippage=out["slippage"], time_exit_minutes=out["time_exit_minutes"],
+                    trail_trigger=out["trail_trigger"], square_off=out["square_off"]).validate()
+        if hhmm(out["entry_cutoff"], "ENTRY_CUTOFF") > hhmm(out["square_off"], "SQUARE_OFF"):
+            raise ValueError(f"ENTRY_CUTOFF {out['entry_cutoff']} must not be after SQUARE_OFF "
+                             f"{out['square_off']}")
+        delay = out["max_signal_delay_s"]
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay <= 0:
+            raise ValueError(f"MAX_SIGNAL_DELAY_S: must be positive seconds, got {delay!r}")
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return out
+

@@ -57,6 +57,7 @@ shadows the stored one). So ``sessions`` is always consistent with ``candles_1m`
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import threading
 import time
@@ -221,7 +222,7 @@ def clear_replayed_signals(con: duckdb.DuckDBPyConnection, keys: list[str], firs
         return 0
     marks = ",".join("?" * len(keys))
     where = f"source = 'replay' AND instrument_key IN ({marks}) AND ts BETWEEN ? AND ?"
-    n = con.execute(f"SELECT count(*) FROM signals WHERE {where}", [*keys, first_ts, last_ts]).fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM signals WHERE {where}", [*keys, first_ts, last_ts]).fetchall()[0][0]
     if n:
         con.execute(f"DELETE FROM signals WHERE {where}", [*keys, first_ts, last_ts])
     return int(n)
@@ -291,76 +292,100 @@ class SignalRecorder:
 
 # --- sessions ---------------------------------------------------------------------------------
 
+# Sessions recomputed before the first stale one, so its prior-day references and typical range
+# (the median range of the last ``history_sessions`` = 10 trading days) come out exactly as over
+# the whole history.
+HISTORY_MARGIN = 15
+
 _STALE_SQL = """
     WITH c AS (SELECT instrument_key, source, date_ist AS date, count(*) AS bars, max(ts) AS last_bar_ts
                FROM candles_1m_ist GROUP BY ALL)
-    SELECT DISTINCT c.instrument_key, c.source
-    FROM c LEFT JOIN sessions s USING (instrument_key, source, date)
-    WHERE s.bars IS DISTINCT FROM c.bars OR s.last_bar_ts IS DISTINCT FROM c.last_bar_ts
-    UNION
-    SELECT DISTINCT s.instrument_key, s.source FROM sessions s
-    WHERE NOT EXISTS (SELECT 1 FROM candles_1m_ist c WHERE c.instrument_key = s.instrument_key
-                      AND c.source = s.source AND c.date_ist = s.date)"""
+    SELECT instrument_key, source, min(date) AS first_stale
+    FROM c FULL OUTER JOIN sessions s USING (instrument_key, source, date)
+    WHERE c.bars IS DISTINCT FROM s.bars OR c.last_bar_ts IS DISTINCT FROM s.last_bar_ts
+    GROUP BY ALL"""
 
 SESSION_COLUMNS = [c.split()[0] for c in " ".join(TABLES["sessions"].strip("()").split()).split(", ")]
 
 
-def stale_keys(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-    """(instrument_key, source) pairs whose stored sessions differ from their candles."""
-    return [(r[0], r[1]) for r in con.execute(_STALE_SQL).fetchall()]
+def stale_sessions(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
+    """``{(instrument_key, source): first stale IST date as epoch days}``: the dates whose stored
+    session differs from its candles (bar count or last bar), or has no candles any more."""
+    out = {}
+    for key, source, first in con.execute(_STALE_SQL).fetchall():
+        out[(key, source)] = (first - _dt.date(1970, 1, 1)).days
+    return out
 
 
-def compute_sessions(con: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str]]) -> pa.Table:
-    """Session rows (the ``sessions`` columns) of every date of each (instrument_key, source) in
-    ``keys``, computed from their 1-minute candles read through ``con``. Instruments whose candles
-    cannot be profiled are logged and skipped."""
+def compute_sessions(con: duckdb.DuckDBPyConnection, stale: dict[tuple[str, str], int]) -> pa.Table:
+    """Session rows (the ``sessions`` columns) of each (instrument_key, source) in ``stale`` from
+    its first stale date on, computed from 1-minute candles read through ``con`` (starting
+    :data:`HISTORY_MARGIN` trading dates earlier for the prior-day references). Instruments whose
+    candles cannot be profiled are logged and skipped."""
     from trading_core.profile_batch import compute_profiles
-    keys = list(keys)
     rows: list[dict] = []
-    if keys:
-        con.execute("CREATE OR REPLACE TEMP TABLE _session_keys (instrument_key VARCHAR, source VARCHAR)")
-        con.executemany("INSERT INTO _session_keys VALUES (?, ?)", keys)
-        df = con.sql("""SELECT c.instrument_key, c.source, c.ts, c.open, c.high, c.low, c.close, c.volume
-                        FROM candles_1m c JOIN _session_keys k USING (instrument_key, source)
-                        ORDER BY c.instrument_key, c.source, c.ts""").pl()
-        con.execute("DROP TABLE IF EXISTS _session_keys")
-        day = ((df["ts"] + _IST_MS) // _DAY_MS) if df.height else pl.Series([], dtype=pl.Int64)
-        counts = df.with_columns(day=day).group_by("instrument_key", "source", "day").agg(
-            bars=pl.len(), last_bar_ts=pl.col("ts").max()) if df.height else None
-        stats = {} if counts is None else {
-            (r["instrument_key"], r["source"], r["day"]): (r["bars"], r["last_bar_ts"])
-            for r in counts.iter_rows(named=True)}
-        now = int(time.time() * 1000)
-        for (key, source), part in df.partition_by(["instrument_key", "source"], as_dict=True,
-                                                   maintain_order=True).items() if df.height else []:
-            try:
-                profiles = compute_profiles(part.drop("instrument_key", "source"), instrument_key=key)
-            except (ValueError, KeyError) as exc:
-                log.warning("sessions: cannot profile %s (%s): %s", key, source, exc)
+    if not stale:
+        return _sessions_arrow(rows)
+    con.execute("CREATE OR REPLACE TEMP TABLE _stale_keys (instrument_key VARCHAR, source VARCHAR, "
+                "first_day BIGINT)")
+    con.executemany("INSERT INTO _stale_keys VALUES (?, ?, ?)", [(k, s, d) for (k, s), d in stale.items()])
+    df = con.sql(f"""
+        WITH days AS (
+            SELECT DISTINCT c.instrument_key, c.source, (c.ts + {_IST_MS}) // {_DAY_MS} AS day
+            FROM candles_1m c JOIN _stale_keys k USING (instrument_key, source)),
+        ranked AS (
+            SELECT d.instrument_key, d.source, d.day,
+                   row_number() OVER (PARTITION BY d.instrument_key, d.source ORDER BY d.day DESC) AS rank
+            FROM days d JOIN _stale_keys k USING (instrument_key, source) WHERE d.day < k.first_day),
+        start AS (
+            SELECT k.instrument_key, k.source, k.first_day,
+                   coalesce(min(r.day) FILTER (WHERE r.rank <= {HISTORY_MARGIN}), k.first_day) AS from_day
+            FROM _stale_keys k LEFT JOIN ranked r USING (instrument_key, source)
+            GROUP BY k.instrument_key, k.source, k.first_day)
+        SELECT c.instrument_key, c.source, c.ts, c.open, c.high, c.low, c.close, c.volume, s.first_day
+        FROM candles_1m c JOIN start s USING (instrument_key, source)
+        WHERE c.ts >= s.from_day * {_DAY_MS} - {_IST_MS}
+        ORDER BY c.instrument_key, c.source, c.ts""").pl()
+    con.execute("DROP TABLE IF EXISTS _stale_keys")
+    if df.height == 0:
+        return _sessions_arrow(rows)
+    day = (pl.col("ts") + _IST_MS) // _DAY_MS
+    stats = {(r[0], r[1], r[2]): (r[3], r[4]) for r in df.group_by(
+        "instrument_key", "source", day.alias("day")).agg(pl.len(), pl.col("ts").max()).iter_rows()}
+    now = int(time.time() * 1000)
+    for (key, source), part in df.partition_by(["instrument_key", "source"], as_dict=True,
+                                               maintain_order=True).items():
+        first_day = int(part["first_day"][0])
+        try:
+            profiles = compute_profiles(part.select("ts", "open", "high", "low", "close", "volume"),
+                                        instrument_key=key)
+        except (ValueError, KeyError) as exc:
+            log.warning("sessions: cannot profile %s (%s): %s", key, source, exc)
+            continue
+        for p in profiles:
+            d = _date_day(p.session)
+            if d < first_day:
                 continue
-            for p in profiles:
-                d = _date_day(p.session)
-                bars, last = stats.get((key, source, d), (0, None))
-                pr = p.prior
-                rows.append(dict(
-                    instrument_key=key, source=source, date=p.session, session_kind=p.session_kind,
-                    closed=p.closed, open=p.open, high=p.high, low=p.low, close=p.last, poc=p.poc,
-                    vah=p.vah, val=p.val, volume_poc=p.volume_poc, volume_vah=p.volume_vah,
-                    volume_val=p.volume_val, volume_source=p.volume_source, ib_high=p.ib_high,
-                    ib_low=p.ib_low, ib_range=p.ib_range, ext_up=p.ext_up, ext_down=p.ext_down,
-                    open_type=p.open_type, day_type=p.day_type,
-                    open_vs_prior_value=p.open_vs_prior_value, open_vs_prior_range=p.open_vs_prior_range,
-                    value_relation=p.value_relation, balance=p.balance,
-                    prior_high=pr.high if pr else None, prior_low=pr.low if pr else None,
-                    prior_close=pr.close if pr else None, prior_poc=pr.poc if pr else None,
-                    prior_vah=pr.vah if pr else None, prior_val=pr.val if pr else None,
-                    poor_high=p.poor_high, poor_low=p.poor_low, row_size=p.row_size,
-                    prints=p.prints, bars=bars, last_bar_ts=last, computed_ms=now))
+            bars, last = stats.get((key, source, d), (0, None))
+            pr = p.prior
+            rows.append(dict(
+                instrument_key=key, source=source, date=p.session, session_kind=p.session_kind,
+                closed=p.closed, open=p.open, high=p.high, low=p.low, close=p.last, poc=p.poc,
+                vah=p.vah, val=p.val, volume_poc=p.volume_poc, volume_vah=p.volume_vah,
+                volume_val=p.volume_val, volume_source=p.volume_source, ib_high=p.ib_high,
+                ib_low=p.ib_low, ib_range=p.ib_range, ext_up=p.ext_up, ext_down=p.ext_down,
+                open_type=p.open_type, day_type=p.day_type,
+                open_vs_prior_value=p.open_vs_prior_value, open_vs_prior_range=p.open_vs_prior_range,
+                value_relation=p.value_relation, balance=p.balance,
+                prior_high=pr.high if pr else None, prior_low=pr.low if pr else None,
+                prior_close=pr.close if pr else None, prior_poc=pr.poc if pr else None,
+                prior_vah=pr.vah if pr else None, prior_val=pr.val if pr else None,
+                poor_high=p.poor_high, poor_low=p.poor_low, row_size=p.row_size,
+                prints=p.prints, bars=bars, last_bar_ts=last, computed_ms=now))
     return _sessions_arrow(rows)
 
 
 def _date_day(iso: str) -> int:
-    import datetime as _dt
     return (_dt.date.fromisoformat(iso) - _dt.date(1970, 1, 1)).days
 
 
@@ -374,10 +399,15 @@ def _sessions_arrow(rows: list[dict]) -> pa.Table:
     schema = pa.schema(fields)
     if not rows:
         return schema.empty_table()
-    import datetime as _dt
     for r in rows:
         r["date"] = _dt.date.fromisoformat(r["date"])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _stale_table(con: duckdb.DuckDBPyConnection, stale: dict[tuple[str, str], int]) -> None:
+    con.execute("CREATE OR REPLACE TEMP TABLE _stale (instrument_key VARCHAR, source VARCHAR, first_date DATE)")
+    con.executemany("INSERT INTO _stale VALUES (?, ?, ?)",
+                    [(k, s, _dt.date(1970, 1, 1) + _dt.timedelta(days=d)) for (k, s), d in stale.items()])
 
 
 _refresh_lock = threading.Lock()
@@ -387,26 +417,26 @@ def refresh_sessions(con: duckdb.DuckDBPyConnection) -> int:
     """Recompute and store the stale sessions (see the module doc). Writes: call only on the
     owner's read-write connection (the query service's cursor). Returns session rows written."""
     with _refresh_lock:
-        keys = stale_keys(con)
-        if not keys:
+        stale = stale_sessions(con)
+        if not stale:
             return 0
         started = time.perf_counter()
-        table = compute_sessions(con, keys)
+        table = compute_sessions(con, stale)
+        _stale_table(con, stale)
         con.execute("BEGIN")
         try:
-            con.execute("CREATE OR REPLACE TEMP TABLE _stale (instrument_key VARCHAR, source VARCHAR)")
-            con.executemany("INSERT INTO _stale VALUES (?, ?)", keys)
-            con.execute("DELETE FROM sessions USING _stale WHERE sessions.instrument_key = "
-                        "_stale.instrument_key AND sessions.source = _stale.source")
+            con.execute("DELETE FROM sessions USING _stale WHERE sessions.instrument_key = _stale.instrument_key "
+                        "AND sessions.source = _stale.source AND sessions.date >= _stale.first_date")
             con.register("_session_rows", table)
             con.execute(f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) SELECT * FROM _session_rows")
             con.unregister("_session_rows")
-            con.execute("DROP TABLE _stale")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        log.info("sessions: %d rows of %d instruments refreshed in %.0f ms", table.num_rows, len(keys),
+        finally:
+            con.execute("DROP TABLE IF EXISTS _stale")
+        log.info("sessions: %d rows of %d instruments refreshed in %.0f ms", table.num_rows, len(stale),
                  (time.perf_counter() - started) * 1000)
         return table.num_rows
 
@@ -423,21 +453,19 @@ def before_query_read_only(con: duckdb.DuckDBPyConnection, checked) -> None:
     ones computed now."""
     if "sessions" not in checked.tables:
         return
-    keys = stale_keys(con)
-    if not keys:
+    stale = stale_sessions(con)
+    if not stale:
         return
-    fresh = compute_sessions(con, keys)
+    fresh = compute_sessions(con, stale)
     cols = ", ".join(SESSION_COLUMNS)
-    stored = pa.Table.from_batches([], schema=fresh.schema)
-    db = con.execute("SELECT current_database()").fetchone()[0]
+    stored = fresh.schema.empty_table()
+    db = con.execute("SELECT current_database()").fetchall()[0][0]
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
-                   "AND table_name = 'sessions'", [db]).fetchone()[0]:
-        con.execute("CREATE OR REPLACE TEMP TABLE _stale (instrument_key VARCHAR, source VARCHAR)")
-        con.executemany("INSERT INTO _stale VALUES (?, ?)", keys)
+                   "AND table_name = 'sessions'", [db]).fetchall()[0][0]:
+        _stale_table(con, stale)
         stored = con.sql(f"""SELECT {cols} FROM "{db}".main.sessions s WHERE NOT EXISTS (
-            SELECT 1 FROM _stale k WHERE k.instrument_key = s.instrument_key AND k.source = s.source)""").arrow()
-        if isinstance(stored, pa.RecordBatchReader):
-            stored = stored.read_all()
+            SELECT 1 FROM _stale k WHERE k.instrument_key = s.instrument_key AND k.source = s.source
+            AND s.date >= k.first_date)""").to_arrow_table()
         con.execute("DROP TABLE _stale")
     both = pa.concat_tables([stored.cast(fresh.schema), fresh])
     con.register("_session_rows", both)

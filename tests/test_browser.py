@@ -1,0 +1,118 @@
+"""The desk in a real browser: Playwright drives Debian's chromium against ``run.py`` replaying a
+real NIFTY day. Screenshots of each state go to ``test-artifacts/`` (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from data_handling.replay import ReplaySource
+from tests.system_harness import ROOT, System
+from tests.test_system import DAY, DAY_FILE, source_bars
+from trading_core.profile_batch import compute_profiles
+
+CHROMIUM = os.environ.get("AMT_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+KEY = "NSE_INDEX|Nifty 50"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.skip(f"no chromium at {CHROMIUM}: apt-get install chromium to run the browser tests",
+                allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def replayed_day(tmp_path_factory):
+    """``run.py`` replaying one real day at full speed, finished, still serving the page."""
+    tmp = tmp_path_factory.mktemp("browser")
+    system = System(tmp, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "0")
+    try:
+        system.wait(lambda h: h.get("ingestor", {}).get("status") == "finished", 90, "the replay")
+        system.wait(lambda h: h.get("strategy_manager", {}).get("status") == "ready", 30, "strategies")
+        yield system
+    finally:
+        if system.proc.poll() is None:
+            system.terminate()
+        system.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def open_desk(browser, system):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.goto(f"http://127.0.0.1:{system.port}/?instrument={KEY}")
+    page.wait_for_function("() => window.amt && window.amt.state.connected", timeout=15_000)
+    return page, errors
+
+
+def test_the_desk_shows_the_day_as_the_engine_and_the_strategies_saw_it(replayed_day, browser):
+    page, errors = open_desk(browser, replayed_day)
+    bars = source_bars(DAY_FILE, DAY)
+    page.wait_for_function(f"() => window.amt.series.data().length >= {len(bars)}", timeout=15_000)
+    drawn = page.evaluate("() => window.amt.series.data().map(b => [b.time, b.open, b.high, b.low, b.close])")
+    ist_offset_s = 19800  # the page shifts chart times so the axis reads IST
+    assert {(t - ist_offset_s) * 1000: (o, h, l, c) for t, o, h, l, c in drawn} == bars
+
+    # Profile levels on the page are the engine's, computed here by the batch path from the same ticks.
+    ticks = ReplaySource(DAY_FILE, dates=[DAY]).frame()
+    [expected] = compute_profiles(ticks.rename({"ltp": "price", "ltq": "qty"}).select("ts", "price", "qty"),
+                                  instrument_key=KEY)
+    page.wait_for_function(f"() => window.amt.state.profiles.get('{KEY}')", timeout=10_000)
+    shown = page.evaluate(f"() => window.amt.state.profiles.get('{KEY}')")
+    assert (shown["poc"], shown["vah"], shown["val"]) == (expected.poc, expected.vah, expected.val)
+    lines = page.evaluate("() => window.amt.priceLines()")
+    assert {"POC": expected.poc, "VAH": expected.vah, "VAL": expected.val}.items() <= lines.items()
+
+    # The strategy's signal is in the table and marked on the chart.
+    page.wait_for_function("() => window.amt.markers.markers().length > 0", timeout=10_000)
+    marker = page.evaluate("() => window.amt.markers.markers()[0]")
+    assert marker["position"] in ("belowBar", "aboveBar")
+    assert page.locator("#signals-body tr:not(.empty)").count() >= 1
+    assert "ib_breakout_nifty" in page.locator("#signals-body").inner_text()
+    shot(page, "desk-replayed-day")
+    assert errors == []
+    page.close()
+
+
+def test_the_page_recovers_after_the_api_server_is_killed(replayed_day, browser):
+    page, errors = open_desk(browser, replayed_day)
+    page.wait_for_function("() => window.amt.series.data().length > 300", timeout=15_000)
+    before = page.evaluate("() => window.amt.state.connectedAt")
+    api_pid = replayed_day.health()["api"]["pid"]
+    os.kill(api_pid, signal.SIGKILL)
+    page.wait_for_function("() => !window.amt.state.connected", timeout=10_000)
+    shot(page, "desk-connection-lost")
+    page.wait_for_function(f"() => window.amt.state.connected && window.amt.state.connectedAt > {before}",
+                           timeout=30_000)
+    replayed_day.wait(lambda h: h.get("api", {}).get("pid") not in (None, api_pid), 30, "a new API server")
+    # The restarted server starts empty; the page keeps the day it already had.
+    assert page.evaluate("() => window.amt.series.data().length") > 300
+    shot(page, "desk-reconnected")
+    page_errors = [e for e in errors if "WebSocket" not in e and "ERR_CONNECTION_REFUSED" not in e]
+    assert page_errors == []
+    page.close()
