@@ -125,43 +125,54 @@ class InstrumentsMaster:
     """Lookups over the instruments master.
 
     ``rows``: the master's objects. ``source``: where it came from, for error messages (e.g.
-    ``"NSE.json.gz downloaded 2024-12-20"``); ``stale``: True when it is an older day's copy.
-    Rows without ``instrument_key`` or ``segment`` are skipped (counted in ``skipped``).
+    ``"NSE.json.gz, downloaded 2024-12-20"``); ``stale``: True when it is an older day's copy.
+    Only cheap indexes are built up front (the real master has ~100k rows); an
+    :class:`Instrument` is made for the rows a lookup touches. Rows without ``instrument_key``
+    or ``segment`` are skipped (counted in ``skipped``).
     """
 
     def __init__(self, rows: Iterable[dict[str, Any]], source: str = "", stale: bool = False):
         self.source = source
         self.stale = stale
         self.skipped = 0
-        self.by_key: dict[str, Instrument] = {}
-        self.by_canonical: dict[str, list[Instrument]] = {}
-        self._by_symbol: dict[str, list[Instrument]] = {}      # trading symbol / index name -> rows
-        self._contracts: dict[tuple[str, str, float], list[Instrument]] = {}  # (under, CE/PE/FUT, strike)
+        self._rows: dict[str, dict[str, Any]] = {}                 # instrument key -> row
+        self._by_symbol: dict[str, list[str]] = {}                 # trading symbol / index name -> keys
+        self._contracts: dict[tuple[str, str, float], list[str]] = {}   # (under, CE/PE/FUT, strike) -> keys
+        self._made: dict[str, Instrument] = {}
         for row in rows:
             try:
-                inst = Instrument(
-                    instrument_key=row["instrument_key"], canonical=canonical_name(row),
-                    segment=row["segment"], instrument_type=str(row.get("instrument_type") or "").upper(),
-                    trading_symbol=str(row.get("trading_symbol") or ""), name=str(row.get("name") or ""),
-                    underlying_symbol=str(row.get("underlying_symbol") or "").upper(),
-                    expiry=_expiry_date(row.get("expiry")), strike=float(row.get("strike_price") or 0),
-                    lot_size=int(row.get("lot_size") or 1))
+                key, kind = row["instrument_key"], str(row.get("instrument_type") or "").upper()
+                row["segment"]
+                if kind in ("CE", "PE", "FUT") and row.get("expiry") and row.get("underlying_symbol"):
+                    c = (str(row["underlying_symbol"]).upper(), kind, round(float(row.get("strike_price") or 0), 4))
+                    self._contracts.setdefault(c, []).append(key)
             except (KeyError, TypeError, ValueError):
                 self.skipped += 1
                 continue
-            self.by_key[inst.instrument_key] = inst
-            self.by_canonical.setdefault(inst.canonical, []).append(inst)
-            if inst.trading_symbol:
-                self._by_symbol.setdefault(_norm(inst.trading_symbol), []).append(inst)
-            if inst.instrument_type == "INDEX" and inst.name:
-                self._by_symbol.setdefault(_norm(inst.name), []).append(inst)
-            if inst.instrument_type in ("CE", "PE", "FUT") and inst.underlying_symbol and inst.expiry:
-                key = (inst.underlying_symbol, inst.instrument_type, round(inst.strike, 4))
-                self._contracts.setdefault(key, []).append(inst)
-        self._underlyings = sorted({k[0] for k in self._contracts}, key=len, reverse=True)
+            self._rows[key] = row
+            symbol = row.get("trading_symbol")
+            if symbol:
+                self._by_symbol.setdefault(_norm(str(symbol)), []).append(key)
+            if kind == "INDEX" and row.get("name"):
+                self._by_symbol.setdefault(_norm(str(row["name"])), []).append(key)
+        self._underlyings = sorted({c[0] for c in self._contracts}, key=len, reverse=True)
 
     def __len__(self) -> int:
-        return len(self.by_key)
+        return len(self._rows)
+
+    def get(self, instrument_key: str) -> Instrument | None:
+        """The instrument of an Upstox key, or None."""
+        inst = self._made.get(instrument_key)
+        if inst is None and instrument_key in self._rows:
+            row = self._rows[instrument_key]
+            inst = self._made[instrument_key] = Instrument(
+                instrument_key=instrument_key, canonical=canonical_name(row), segment=row["segment"],
+                instrument_type=str(row.get("instrument_type") or "").upper(),
+                trading_symbol=str(row.get("trading_symbol") or ""), name=str(row.get("name") or ""),
+                underlying_symbol=str(row.get("underlying_symbol") or "").upper(),
+                expiry=_expiry_date(row.get("expiry")), strike=float(row.get("strike_price") or 0),
+                lot_size=int(row.get("lot_size") or 1))
+        return inst
 
     # --- resolution --------------------------------------------------------------------------
     def _nse_symbol(self, symbol: str) -> list[Instrument]:
@@ -181,33 +192,32 @@ class InstrumentsMaster:
                     except ValueError:
                         pass
             for day, strike, kind in exact:
-                for inst in self._contracts.get((under, kind, round(float(strike), 4)), []):
-                    if inst.expiry == day:
-                        found.append(inst)
+                found += [i for i in self._contract(under, kind, strike) if i.expiry == day]
             monthly = [(mt[1], mt[2], mt[3], mt[4]) for mt in [_MONTHLY_RE.match(rest)] if mt]
             monthly += [(mt[1], mt[2], "0", "FUT") for mt in [_FUT_RE.match(rest)] if mt]
             for yy, mon, strike, kind in monthly:
                 year, month = 2000 + int(yy), MONTHS.index(mon) + 1
-                same_month = [i for i in self._contracts.get((under, kind, round(float(strike), 4)), [])
+                same_month = [i for i in self._contract(under, kind, strike)
                               if i.expiry and (i.expiry.year, i.expiry.month) == (year, month)]
                 if same_month:   # NSE's monthly symbol names the month's last expiry
                     last = max(i.expiry for i in same_month)
                     found += [i for i in same_month if i.expiry == last]
         return list({i.instrument_key: i for i in found}.values())
 
+    def _contract(self, under: str, kind: str, strike: str) -> list[Instrument]:
+        return [self.get(k) for k in self._contracts.get((under, kind, round(float(strike), 4)), [])]
+
     def candidates(self, entry: str) -> list[Instrument]:
         """Every instrument ``entry`` could name (see the module doc); [] when none."""
         entry = entry.strip()
-        if entry in self.by_key:
-            return [self.by_key[entry]]
-        if entry in self.by_canonical:
-            return list(self.by_canonical[entry])
+        if entry in self._rows:
+            return [self.get(entry)]
         segment, sep, symbol = entry.partition("|")
         if not sep:
             segment, symbol = "", entry
         symbol = _norm(symbol)
-        found = list(self._by_symbol.get(symbol, []))
-        if not found:
+        found = [self.get(k) for k in self._by_symbol.get(symbol, [])]
+        if not found:                 # an NSE contract symbol, or a canonical name's symbol part
             found = self._nse_symbol(symbol.replace(" ", ""))
         if segment:
             found = [i for i in found if i.segment == segment.upper()]

@@ -84,6 +84,53 @@
 
   const lw = (b) => ({ time: b.time, open: b.open, high: b.high, low: b.low, close: b.close });
 
+  // --- timeframes: 1-minute bars are kept; 3/5/15-minute bars are aggregated from them, in
+  // buckets aligned to the 09:15 IST open as NSE charts are (555 = 09:15 in minutes).
+  const TIMEFRAMES = [1, 3, 5, 15];
+  let timeframe = Number(localStorage.getItem('amt.timeframe')) || 1;
+  if (!TIMEFRAMES.includes(timeframe)) timeframe = 1;
+  function bucketOf(time) {
+    if (timeframe === 1) return time;
+    const minute = Math.floor((time % 86400) / 60);
+    return time - ((((minute - 555) % timeframe) + timeframe) % timeframe) * 60;
+  }
+  function aggregate(arr) {
+    if (timeframe === 1) return arr;
+    const out = [];
+    for (const b of arr) {
+      const t = bucketOf(b.time);
+      const last = out[out.length - 1];
+      if (last && last.time === t) {
+        last.high = Math.max(last.high, b.high);
+        last.low = Math.min(last.low, b.low);
+        last.close = b.close;
+      } else {
+        out.push({ time: t, open: b.open, high: b.high, low: b.low, close: b.close });
+      }
+    }
+    return out;
+  }
+  function bucketBar(key, time) {
+    if (timeframe === 1) return barsOf(key).get(time);
+    const start = bucketOf(time);
+    const parts = [];
+    for (let i = 0; i < timeframe; i++) {
+      const b = barsOf(key).get(start + i * 60);
+      if (b) parts.push(b);
+    }
+    return aggregate(parts)[0];
+  }
+  function setTimeframe(tf) {
+    timeframe = tf;
+    localStorage.setItem('amt.timeframe', String(tf));
+    for (const btn of document.querySelectorAll('#timeframes button')) {
+      btn.classList.toggle('active', Number(btn.dataset.tf) === tf);
+    }
+    const label = $('chart-interval');
+    if (label) label.textContent = `${tf}-minute candles · times in IST`;
+    redraw(false);
+  }
+
   function barsOf(key) {
     let m = state.bars.get(key);
     if (!m) { m = new Map(); state.bars.set(key, m); }
@@ -106,7 +153,7 @@
     const ts = chart.timeScale();
     const scrolledBack = !toRealTime && chartKey === state.selected && ts.scrollPosition() < -1;
     const range = scrolledBack ? ts.getVisibleRange() : null;
-    const arr = sortedBars(state.selected);
+    const arr = aggregate(sortedBars(state.selected));
     series.setData(arr.map(lw));
     chartKey = state.selected;
     chartTimes = new Set(arr.map((b) => b.time));
@@ -118,8 +165,9 @@
   }
 
   let redrawPending = false;
-  function pushBar(key, b) {
+  function pushBar(key, minuteBar) {
     if (!series || key !== chartKey) return;
+    const b = bucketBar(key, minuteBar.time);
     if (b.time >= chartLast) {
       series.update(lw(b));
       chartLast = b.time;
@@ -187,7 +235,7 @@
     const list = state.signals
       .filter((s) => s.instrument_key === state.selected)
       .map((s) => ({
-        time: barTime(s.ts),
+        time: bucketOf(barTime(s.ts)),
         position: s.side === 'BUY' ? 'belowBar' : 'aboveBar',
         shape: s.side === 'BUY' ? 'arrowUp' : 'arrowDown',
         color: s.side === 'BUY' ? '#26a69a' : '#ef5350',
@@ -526,8 +574,14 @@
   }
 
   // for the browser console: amt.state, amt.chart
+  for (const btn of document.querySelectorAll('#timeframes button')) {
+    btn.addEventListener('click', () => setTimeframe(Number(btn.dataset.tf)));
+  }
+  setTimeframe(timeframe);
+
   window.amt = {
     state, get chart() { return chart; }, get series() { return series; }, get markers() { return markers; },
+    setTimeframe, get timeframe() { return timeframe; },
     priceLines: () => Object.fromEntries(priceLines.map((l) => [l.options().title, l.options().price])),
   };
 

@@ -95,6 +95,24 @@ def test_the_desk_shows_the_day_as_the_engine_and_the_strategies_saw_it(replayed
     assert page.locator("#signals-body tr:not(.empty)").count() >= 1
     assert "ib_breakout_nifty" in page.locator("#signals-body").inner_text()
     shot(page, "desk-replayed-day")
+
+    # 5-minute candles aggregate the 1-minute ones in buckets aligned to the 09:15 IST open.
+    page.click("#timeframes button[data-tf='5']")
+    five = {}
+    for open_ms, (o, h, l, c) in sorted(bars.items()):
+        t = open_ms // 1000 + ist_offset_s
+        minute = (t % 86400) // 60
+        bucket = t - ((minute - 555) % 5) * 60
+        if bucket in five:
+            fo, fh, fl, _ = five[bucket]
+            five[bucket] = (fo, max(fh, h), min(fl, l), c)
+        else:
+            five[bucket] = (o, h, l, c)
+    drawn5 = page.evaluate("() => window.amt.series.data().map(b => [b.time, b.open, b.high, b.low, b.close])")
+    assert {t: (o, h, l, c) for t, o, h, l, c in drawn5} == five
+    assert any(((t % 86400) // 60) == 555 for t in five), "a bucket starts at 09:15 IST"
+    shot(page, "desk-5-minute")
+    page.click("#timeframes button[data-tf='1']")
     assert errors == []
     page.close()
 

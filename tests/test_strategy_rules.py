@@ -146,10 +146,10 @@ def test_profile_fields_follow_the_batch_profile(shared_data):
     rule = {"buy": {"when": "close > profile.prior_vah + profile.row_size and profile.ib_complete",
                     "stop_loss": "profile.ib_low", "target": "close + profile.ib_range"},
             "max_signals_per_day": 1}
-    dates = [d for d in load_days("NIFTY") if "20220801" <= d <= "20220831"]
+    dates = [d for d in load_days("NIFTY") if "20220801" <= d <= "20220819"]
     out: list[Signal] = []
     strat = RuleStrategy("p", [NIFTY], rule, out.append)
-    for c in candles("NIFTY", "20220725", "20220831"):
+    for c in candles("NIFTY", "20220725", "20220819"):
         strat.on_candle(c)
     expected = []
     for d in dates:

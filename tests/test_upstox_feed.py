@@ -360,3 +360,27 @@ def test_rest_client_is_immune_to_the_sdk_configuration_default():
         client.pool.close()
     finally:
         upstox_client.Configuration.set_default(None)
+
+
+def test_from_settings_resolves_the_watchlist_or_names_what_is_unknown(tmp_path, monkeypatch):
+    from trading_core import settings as settings_mod
+    monkeypatch.delenv("UPSTOX_ACCESS_TOKEN", raising=False)
+    with FakeUpstox() as fake:
+        cfg = tmp_path / "config.py"
+        cfg.write_text(f'ACCESS_TOKEN = "{fake.token}"\nUPSTOX_BASE_URL = "{fake.base_url}"\n'
+                       f'INSTRUMENTS_CACHE = "{tmp_path / "cache"}"\n'
+                       'WATCHLIST = ["Nifty Bank", "NIFTY22D0118400CE", "NSE_FO|NIFTY22NOVFUT"]\n'
+                       'UPSTOX_MODES = {"NIFTY22D0118400CE": "option_greeks"}\n')
+        source = UpstoxSource.from_settings(settings_mod.load(cfg))
+        try:
+            assert {(s.canonical, s.mode) for s in source.subscriptions.values()} == {
+                (BANK_KEY, "full"), ("NSE_FO|NIFTY22120118400CE", "option_greeks"), (CANON[FUT_KEY], "full")}
+            assert source.subscriptions[FUT_KEY].canonical == CANON[FUT_KEY]
+        finally:
+            source.close()
+        cfg.write_text(cfg.read_text().replace('"Nifty Bank"', '"Nifty Bankk", "NIFTY22NOV99000CE"'))
+        with pytest.raises(UpstoxConfigError) as err:
+            UpstoxSource.from_settings(settings_mod.load(cfg))
+        assert "'Nifty Bankk'" in str(err.value) and "'NIFTY22NOV99000CE'" in str(err.value)
+        assert isinstance(err.value, ValueError)        # the ingestor's start-up path: exit code 2
+        assert fake.instrument_downloads == 1           # the second start used today's cached copy

@@ -32,11 +32,11 @@ def test_canonical_names_follow_the_recorded_data(master, rows_and_keys):
     # every recorded option file's name is its contract's canonical name
     for symbol, key in keys.items():
         if symbol.endswith(("CE", "PE")):
-            assert master.by_key[key].canonical == f"NSE_FO|{symbol}"
-    assert master.by_key[keys["NIFTY-I"]].canonical == "NSE_FO|NIFTY22NOVFUT"
-    assert master.by_key[keys["BANKNIFTY-II"]].canonical == "NSE_FO|BANKNIFTY22DECFUT"
-    assert master.by_key["NSE_INDEX|Nifty 50"].canonical == "NSE_INDEX|Nifty 50"
-    assert master.by_key["NSE_EQ|INE002A01018"].canonical == "NSE_EQ|RELIANCE"
+            assert master.get(key).canonical == f"NSE_FO|{symbol}"
+    assert master.get(keys["NIFTY-I"]).canonical == "NSE_FO|NIFTY22NOVFUT"
+    assert master.get(keys["BANKNIFTY-II"]).canonical == "NSE_FO|BANKNIFTY22DECFUT"
+    assert master.get("NSE_INDEX|Nifty 50").canonical == "NSE_INDEX|Nifty 50"
+    assert master.get("NSE_EQ|INE002A01018").canonical == "NSE_EQ|RELIANCE"
     assert canonical_name({"segment": "NSE_FO", "instrument_key": "NSE_FO|1", "instrument_type": "CE",
                            "underlying_symbol": "IDEA", "expiry": 1706207399000, "strike_price": 22.5}) \
         == "NSE_FO|IDEA24012522.5CE"        # 2024-01-25 23:59:59 IST
