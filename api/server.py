@@ -89,7 +89,8 @@ PAGE_FILES = {"index.html": "text/html; charset=utf-8",
               "console.html": "text/html; charset=utf-8",       # the SQL console (issue 7)
               "console.js": "text/javascript; charset=utf-8",
               "blotter.js": "text/javascript; charset=utf-8",       # the execution blotter (issue 6)
-              "strategies.js": "text/javascript; charset=utf-8"}    # the strategies panel (issue 5)
+              "strategies.js": "text/javascript; charset=utf-8",    # the strategies panel (issue 5)
+              "tpo.js": "text/javascript; charset=utf-8"}           # the TPO profile panel (issue 8)
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 BATCH_S = 0.1               # WebSocket batch period
@@ -335,6 +336,10 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
     @app.get("/strategies.js")
     async def strategies_js() -> Response:
         return page_file("strategies.js")
+
+    @app.get("/tpo.js")
+    async def tpo_js() -> Response:
+        return page_file("tpo.js")
 
     @app.get("/api/execution")
     async def execution() -> Response:

@@ -302,6 +302,7 @@
     for (const l of priceLines) series.removePriceLine(l);
     priceLines = [];
     const p = state.profiles.get(state.selected);
+    document.dispatchEvent(new CustomEvent('amt:profile'));
     if (!p || typeof p !== 'object') return;
     // Today's value (POC/VAH/VAL), the initial balance, and the prior session's value.
     const levels = [['poc', 'POC', '#f0b429', 'Dashed'], ['vah', 'VAH', '#4c8dff', 'Dashed'],

@@ -228,8 +228,11 @@ class Manager:
 
     # --- reporting ------------------------------------------------------------------------------
     def ready(self) -> bool:
+        """True when every running strategy process has reported (so its bus subscriptions are
+        live: the supervisor starts the feed only then). Dead ones do not hold it up: they
+        warm-start from DuckDB when they come back."""
         return all(s.health is not None for s in self.slots.values()
-                   if s.enabled and s.child is not None)
+                   if s.enabled and s.child is not None and s.child.alive() and not s.child.gave_up)
 
     def details(self) -> dict[str, Any]:
         today = ist_date(self.market_ts) if self.market_ts else None

@@ -15,9 +15,11 @@ wrapper, through :class:`strategy.runner.StrategyRunner`:
    there (the ingestor writes in batches; at most :data:`SETTLE_S` s), and replays them;
 4. then handles the live messages, queued meanwhile, in order.
 
-Signals go to ``signal.<NAME>``. Signals emitted before a restart are not sent again: their keys
-come from the manager (``AMT_EMITTED_SIGNALS``, the signals it saw on the bus) and from the
-``signals`` table when it exists.
+Signals go to ``signal.<NAME>``. During the warm start, signals of earlier days are history and
+never sent; today's that were sent before a restart are not sent again (their keys come from the
+manager, ``AMT_EMITTED_SIGNALS``, the signals it saw on the bus, and from the ``signals`` table the
+ingestor records); today's that were never sent (candles that closed while the strategy was down)
+are sent late, with their own ``ts``.
 
 An exception in a hook (live or during warm-up) is logged with its traceback and the process
 exits with :data:`EXIT_STRATEGY_ERROR`: the manager restarts it with backoff and the warm start

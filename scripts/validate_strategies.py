@@ -1,8 +1,10 @@
 """Validate a strategies file: ``python3 scripts/validate_strategies.py [PATH]``.
 
-PATH defaults to ``configs/strategies.json`` of this checkout. Prints
-``ok: N strategies (name, ...)`` and exits 0, or prints every problem on its own
-line (``file: strategy 'x': field: why``) to stderr and exits 1.
+PATH defaults to ``configs/strategies.json`` of this checkout. Checks the file against
+``configs/strategies.schema.json``, each entry's ``params`` against its class's params schema,
+and compiles every expression of the rule strategies (the same checks the strategy manager runs
+at start-up). Prints ``ok: N strategies (name, ...)`` and exits 0, or prints every problem on its
+own line (``file: strategy 'x': field: why``) to stderr and exits 1.
 """
 
 from __future__ import annotations

@@ -88,6 +88,17 @@ def test_the_desk_shows_the_day_as_the_engine_and_the_strategies_saw_it(replayed
     lines = page.evaluate("() => window.amt.priceLines()")
     assert {"POC": expected.poc, "VAH": expected.vah, "VAL": expected.val}.items() <= lines.items()
 
+    # The TPO panel: letters per row rebuilt from the periods reproduce the engine's TPO counts,
+    # and the POC row is the engine's POC.
+    page.wait_for_function("() => document.querySelectorAll('#tpo-body .tpo-row').length > 5", timeout=10_000)
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('#tpo-body .tpo-row')).map(r => [
+        Number(r.dataset.price), r.querySelector('.letters').textContent, r.classList.contains('poc')])""")
+    counts = {round(price, 2): len(letters) for price, letters, _ in rows}
+    row_low, size = shown["row_low"], shown["row_size"]
+    assert counts == {round(row_low + i * size, 2): n for i, n in enumerate(shown["tpo"])}
+    assert [price for price, _, poc in rows if poc] == [expected.poc]
+    assert "A" in rows[-1][1] or "A" in "".join(letters for _, letters, _ in rows)
+
     # The strategy's signal is in the table and marked on the chart.
     page.wait_for_function("() => window.amt.markers.markers().length > 0", timeout=10_000)
     marker = page.evaluate("() => window.amt.markers.markers()[0]")

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from data_handling.upstox_backfill import gap_minutes
+from data_handling.upstox_feed import fmt_ist
 from tests.fake_upstox import (BANK_KEY, EQUITY_KEY, FUT_KEY, NIFTY_KEY, FakeUpstox, expected_ltq,
                                sent_feeds)
 from tests.system_harness import System
@@ -29,6 +31,7 @@ UPSTOX_MODES = {"Nifty Bank": "ltpc", "NIFTY22NOV18400CE": "option_greeks", "REL
 '''
 COLUMNS = ("instrument_key, ts, ltp, ltq, oi, seq, source, backfilled, feed_ts, mode, cp, vtt, atp, tbq, tsq, "
            "bid, bid_qty, ask, ask_qty, iv, delta, theta, gamma, vega, rho, depth, ohlc")
+CHROMIUM = Path("/usr/bin/chromium")
 NULL_UNLESS_SENT = ("vtt", "atp", "tbq", "tsq", "bid", "bid_qty", "ask", "ask_qty", "iv", "delta", "theta",
                     "gamma", "vega", "rho")
 
@@ -52,6 +55,20 @@ def listen(system: System, prefix: str, into: list, stop: threading.Event) -> No
                 into.append(got)
     finally:
         bus.close()
+
+
+def market_on_the_page(port: int, instrument: str) -> str:
+    """The header's market status as Debian's chromium shows it (Playwright)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/?instrument={instrument}")
+            page.wait_for_function("() => !document.getElementById('market-row').hidden", timeout=20_000)
+            return page.inner_text("#market-status")
+        finally:
+            browser.close()
 
 
 def upstox(h: dict) -> dict:
@@ -90,7 +107,11 @@ def test_run_py_on_the_fake_live_feed(tmp_path):
                         and h["ingestor"]["details"]["ticks_written"] == total + upstox(h)["backfilled_ticks"],
                         30, f"all {total} ticks to be written")
             health = system.health()
-            time.sleep(1.5)                                # let the browser get a health batch
+            if CHROMIUM.exists():
+                shown = market_on_the_page(system.port, "NSE_FO|NIFTY22NOVFUT")
+                status = health["ingestor"]["details"]["market_status"]
+                assert shown == f"open (NSE_FO, {fmt_ist(status['ts'])} IST)", shown
+            time.sleep(1.5)                                # let the WebSocket client get a health batch
             system.terminate(timeout=15)     # the 5 s budget is tests/test_system.py's business
             assert system.proc.returncode == 0, system.output()[-3000:]
         finally:
