@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Start the trading desk: the ZeroMQ bus, the ingestor, the strategy manager and the API server.
+"""Start the trading desk: the ZeroMQ bus, the ingestor, the strategy manager, the execution service
+(risk guard, paper or live orders) and the API server.
 
 With no options it runs the built-in seeded simulator (or Upstox, once an access token is
 configured) and serves the desk at http://127.0.0.1:8000. With --replay it replays recorded
@@ -242,12 +243,12 @@ class Supervisor:
             self.stopping.set()
 
     def stop(self) -> None:
-        """Stop the feed first (it flushes DuckDB), then the consumers, then the bus; <= 5 s."""
+        """Stop execution first (its last events still reach the ingestor's audit trail), then the
+        ingestor (it flushes DuckDB) with the other services in parallel, then the bus: <= 5 s."""
         everyone = psutil.Process().children(recursive=True)
         say("stopping all services")
-        # execution with the ingestor: its last events still reach the audit trail
-        order = [["execution", "ingestor"], ["strategy_manager", "api"], ["bus"]]
-        budget = {0: 2.5, 1: 1.5, 2: 0.5}
+        order = [["execution"], ["ingestor", "strategy_manager", "api"], ["bus"]]
+        budget = {0: 1.0, 1: 3.0, 2: 0.4}
         for i, group in enumerate(order):
             stop_all([self.children[n] for n in group], timeout_s=budget[i])
             for n in group:

@@ -3,9 +3,10 @@ execution service publishes them (``signal.``, ``risk.``, ``order.``, ``fill.``,
 ``event.execution``, ``health.execution``; see ``scripts/execution.py``).
 
 Runs on the API's event loop (no locks, never blocks). ``GET /api/execution`` returns
-:meth:`Blotter.snapshot`; the page (``frontend/blotter.js``) polls it once a second. Rows are
-what the API has seen since it started; the whole history is in DuckDB (the ``trades`` and
-``signal_outcomes_live`` views of :mod:`trading_core.audit`).
+:meth:`Blotter.snapshot`; the page (``frontend/blotter.js``) polls it once a second. At start
+(:func:`backfill`) the latest trading day is read back from the audit trail in DuckDB through the
+ingestor's query service, so a restarted API shows the trades it missed; the whole history is
+there too (the ``trades`` and ``signal_outcomes_live`` views of :mod:`trading_core.audit`).
 
 Snapshot (prices rupees, quantities units, ``ts`` epoch ms UTC)::
 
@@ -92,7 +93,8 @@ class Blotter:
         kind = data.get("type")
         if kind == "risk":
             row = self._row(data["signal_id"], data)
-            row["decision"] = data
+            if row["decision"] is None:              # a re-sent signal's "duplicate" keeps the first
+                row["decision"] = data
             if row["status"] == "undecided":
                 row["status"] = "pending" if data.get("approved") else "rejected"
         elif kind == "order":
@@ -151,3 +153,89 @@ class Blotter:
         return {"version": self.version, "kill_switch": self.kill_switch, "client": self.client,
                 "execution": self.execution, "last_event": self.last_event,
                 "day": day.isoformat() if day else None, "totals": totals, "rows": rows}
+
+    def merge_older(self, older: "Blotter") -> int:
+        """Fold in rows read back from the audit trail (older than anything seen live): new rows go
+        first; a row seen live only gets what it lacks. Returns rows added."""
+        added = collections.OrderedDict((sid, row) for sid, row in older.rows.items() if sid not in self.rows)
+        for sid, row in older.rows.items():
+            live = self.rows.get(sid)
+            if live is None:
+                continue
+            for key in ("decision", "position", "strategy", "instrument_key", "side", "entry", "stop_loss",
+                        "target", "signal_ts"):
+                if live.get(key) is None:
+                    live[key] = row.get(key)
+            for oid, order in row["orders"].items():
+                live["orders"].setdefault(oid, order)
+            have = {f.get("fill_id") for f in live["fills"]}
+            live["fills"][:0] = [f for f in row["fills"] if f.get("fill_id") not in have]
+            if live["status"] == "undecided":
+                live["status"] = row["status"]
+        if added:
+            self.rows = collections.OrderedDict([*added.items(), *self.rows.items()])
+            while len(self.rows) > MAX_ROWS:
+                self.rows.popitem(last=False)
+            self.version += 1
+        return len(added)
+
+
+BACKFILL_SQL = """
+    WITH e AS (SELECT *, CAST(make_timestamp(ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS day FROM events
+               WHERE kind IN ('signal', 'risk', 'order', 'fill', 'position'))
+    SELECT topic, payload FROM e WHERE day = (SELECT max(day) FROM e WHERE kind = 'signal') ORDER BY seq"""
+
+
+def _in_daemon_thread(fn, *args, **kwargs):
+    """Run a blocking call on a daemon thread (so a stuck query never holds up the API's exit);
+    returns an awaitable of its result."""
+    import asyncio
+    import threading
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(method, value) -> None:
+        if not fut.done():
+            method(value)
+
+    def run() -> None:
+        try:
+            result, method = fn(*args, **kwargs), fut.set_result
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, method = exc, fut.set_exception
+        try:
+            loop.call_soon_threadsafe(settle, method, result)
+        except RuntimeError:          # the loop is closed: the API is stopping
+            pass
+
+    threading.Thread(target=run, name="blotter-backfill", daemon=True).start()
+    return fut
+
+
+async def backfill(blotter: Blotter, settings, wait_s: float = 60.0) -> int:
+    """Read the latest trading day back from the audit trail into ``blotter`` (see the module
+    docstring). Only through the running ingestor's query service (never opening the DuckDB file,
+    which the ingestor is about to own); gives up quietly after ``wait_s``. Returns rows added."""
+    import asyncio
+    import time
+    from trading_core import query_client
+
+    deadline = time.monotonic() + wait_s
+    while not await _in_daemon_thread(query_client.server_listening, settings.query_endpoint):
+        if time.monotonic() >= deadline:
+            log.info("blotter: no query service within %.0f s; showing live events only", wait_s)
+            return 0
+        await asyncio.sleep(1.0)
+    try:
+        result = await _in_daemon_thread(query_client.query_result, BACKFILL_SQL, None, settings=settings,
+                                         via="server", max_rows=200_000, timeout_s=10)
+    except Exception as exc:  # noqa: BLE001 - an older file without events, a busy server: live only
+        log.info("blotter: audit trail not read back (%s)", exc)
+        return 0
+    older = Blotter()
+    for topic, payload in result.frame().rows():
+        older.ingest(topic.encode() + b"\x00" + payload.encode())
+    added = blotter.merge_older(older)
+    log.info("blotter: %d signal(s) of the latest trading day read back from the audit trail", added)
+    return added
+

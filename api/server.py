@@ -76,7 +76,7 @@ import zmq.asyncio  # noqa: E402
 from fastapi import FastAPI, Query, Request, WebSocket  # noqa: E402
 from fastapi.responses import FileResponse, Response  # noqa: E402
 
-from api.blotter import Blotter  # noqa: E402
+from api.blotter import Blotter, backfill as blotter_backfill  # noqa: E402
 from api.hub import Client, Hub, now_ms  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import bus as bus_mod, logs, messages as m, settings as settings_mod  # noqa: E402
@@ -237,7 +237,8 @@ class BusBridge:
                 "status": self.status, "ts": now_ms(), "details": self.details()}
 
     async def start(self) -> None:
-        for coro in (self._reader(), self._flusher(), self._probe(), self._health()):
+        for coro in (self._reader(), self._flusher(), self._probe(), self._health(),
+                     blotter_backfill(self.blotter, self.settings)):      # earlier trades, from DuckDB
             self._tasks.append(asyncio.create_task(coro))
 
     async def stop(self) -> None:

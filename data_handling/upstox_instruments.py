@@ -62,10 +62,10 @@ _WEEKLY_RE = re.compile(rf"^(\d\d)([1-9OND])(\d\d){_STRIKE}(CE|PE)$")
 _MONTHLY_RE = re.compile(rf"^(\d\d)({'|'.join(MONTHS)}){_STRIKE}(CE|PE)$")
 _FUT_RE = re.compile(rf"^(\d\d)({'|'.join(MONTHS)})FUT$")
 DOWNLOAD_TIMEOUT_S = 60.0
-TOKEN_HELP = ("get a new one: log in at https://account.upstox.com/developer/apps, open your app and "
-              "generate an access token (or run the OAuth login flow), then put it in config.py "
-              "ACCESS_TOKEN or the UPSTOX_ACCESS_TOKEN environment variable; Upstox tokens expire "
-              "every day at about 03:30 IST")
+TOKEN_HELP = ("get a new one (README, 'Going live with Upstox': log in at "
+              "https://api.upstox.com/v2/login/authorization/dialog and exchange the code at "
+              "/v2/login/authorization/token) and put it in config.py ACCESS_TOKEN or the "
+              "UPSTOX_ACCESS_TOKEN environment variable; Upstox tokens expire every day at 03:30 IST")
 
 
 class UpstoxConfigError(ValueError):

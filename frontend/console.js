@@ -141,7 +141,15 @@ async function loadExamples() {
       sqlBox.value = e.sql;
       run();
     })));
-    if (!sqlBox.value && examples.length) sqlBox.value = examples[0].sql;
+    // Links can carry a query: /console?example=ib_stats or /console?sql=SELECT%201 (run at once).
+    const qs = new URLSearchParams(location.search);
+    const wanted = qs.get("example") && examples.find((e) => e.name === qs.get("example"));
+    if (wanted || qs.get("sql")) {
+      sqlBox.value = wanted ? wanted.sql : qs.get("sql");
+      run();
+    } else if (!sqlBox.value && examples.length) {
+      sqlBox.value = examples[0].sql;
+    }
   } catch (err) {
     box.textContent = "examples unavailable";
   }

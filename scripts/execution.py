@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     watch_mtime = _mtime(settings.strategies_path)
     watch_due = time.monotonic() + WATCH_RELOAD_S
+    health_due = 0.0
     errors = 0
     while not stopping.is_set():
         frame = bus.recv_raw(50)
@@ -321,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             if mtime != watch_mtime:
                 watch_mtime = mtime
                 engine.watch = watched(settings)
-        health.maybe_send(status, errors=errors, **engine.status())
+        if time.monotonic() >= health_due:
+            health_due = time.monotonic() + 1.0
+            health.send(status, errors=errors, **engine.status())
     health.send("stopping", errors=errors, **engine.status())
     open_n = len(engine.book.open)
     event("stopped", f"stopped with {open_n} open position(s)"

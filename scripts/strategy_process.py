@@ -8,7 +8,8 @@ wrapper, through :class:`strategy.runner.StrategyRunner`:
    sends a heartbeat (``health.strategy.<NAME>``) at least once a second from its main loop,
    whatever it is doing (status ``waiting`` -> ``warming`` -> ``running``);
 2. waits for the first live message of its instruments: its time is the *cutoff* (the market's
-   "now", so a replay of 2022 warm-starts on 2022 data);
+   "now", so a replay of 2022 warm-starts on 2022 data); if instead the ingestor reports that its
+   replay has finished, the cutoff is the end of what is recorded;
 3. warm start: reads from DuckDB (through ``trading_core.query_client``, which works while the
    ingestor holds the file) the 1-minute candles before the cutoff of the current IST day and of
    the ``warm_days`` recorded days before it, waits until the candle just before the cutoff is
@@ -138,6 +139,12 @@ def load_candles(history: History, keys: list[str], cutoff: int, days: int) -> t
     return candles, start
 
 
+def recorded_end(history: History, keys: list[str]) -> int | None:
+    """One minute after the open of the last recorded candle of ``keys`` (``None`` if none)."""
+    rows = history.query(f"SELECT max(ts) FROM candles_1m WHERE instrument_key IN ({_in(keys)})", keys)
+    return int(rows[0][0]) + 60_000 if rows and rows[0][0] is not None else None
+
+
 def emitted_in_db(history: History, name: str, since: int) -> list[tuple[str, str, int]]:
     """Keys of the signals of strategy ``name`` since ``since`` in the ``signals`` table (written
     by the ingestor from the bus); ``[]`` when there is no such table."""
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in config.instruments:
         subscriptions += [m.exact(m.tick_topic(key)), m.exact(m.candle_topic(key)),
                           m.exact(m.profile_topic(key))]
+    subscriptions.append(m.exact(m.health_topic("ingestor")))   # a finished replay sends no more data
     bus = BusClient(settings.bus_pub, settings.bus_sub, subscriptions)
     health = service.HealthReporter(bus, f"strategy.{name}")
     info: dict[str, Any] = {"class": config.cls_name, "instruments": config.instruments,
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     # --- the first live message sets the cutoff ----------------------------------------------
     pending: collections.deque = collections.deque()
     cutoff = first = None
-    while not stopping.is_set() and cutoff is None:
+    feed_finished = False
+    while not stopping.is_set() and cutoff is None and not feed_finished:
         beat("waiting")
         frame = bus.recv_raw(200)
         if frame is None:
@@ -237,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             log.warning("undecodable bus frame skipped: %s", exc)
             continue
+        if isinstance(msg, m.Health):
+            feed_finished = msg.service == "ingestor" and msg.status == "finished"
+            continue
         pending.append(msg)
         if isinstance(msg, m.Tick):
             cutoff, first = msg.ts - msg.ts % 60_000, msg
@@ -244,23 +256,30 @@ def main(argv: list[str] | None = None) -> int:
             cutoff, first = msg.ts, msg
 
     # --- warm start ----------------------------------------------------------------------------
-    if cutoff is not None:
+    if cutoff is not None or feed_finished:
         started = time.monotonic()
         days = config.history_days
         warm: dict[str, Any] = {"cutoff_ts": cutoff, "days": days}
         info["warm"] = warm
         history = History(settings.duckdb_path)
 
-        def fetch() -> tuple[list[m.Candle], int, list, bool]:
+        def fetch() -> tuple[list[m.Candle], int, list, bool, int | None]:
+            if first is None:     # the replay finished before we came up: all of it is recorded
+                end = recorded_end(history, config.instruments)
+                if end is None:
+                    return [], 0, [], True, None
+                candles, start = load_candles(history, config.instruments, end, days)
+                return candles, start, emitted_in_db(history, name, start), True, end
             deadline = time.monotonic() + SETTLE_S
             while not (ready := history_ready(history, first, cutoff)) and time.monotonic() < deadline \
                     and not stopping.is_set():
                 stopping.wait(0.25)
             candles, start = load_candles(history, config.instruments, cutoff, days)
-            return candles, start, emitted_in_db(history, name, start), ready
+            return candles, start, emitted_in_db(history, name, start), ready, cutoff
 
         try:
-            candles, start, emitted, ready = in_background(fetch, lambda: beat("warming"))
+            candles, start, emitted, ready, cutoff = in_background(fetch, lambda: beat("warming"))
+            warm["cutoff_ts"] = cutoff
             if not ready:
                 log.warning("warm start: the candle before %s was not in DuckDB after %.0f s; "
                             "continuing (there may be a gap)", _ist(cutoff), SETTLE_S)
@@ -272,14 +291,17 @@ def main(argv: list[str] | None = None) -> int:
             warm.update(candles=0, error=str(exc))
             log.warning("warm start impossible, starting cold: %s", exc)
         try:
-            day_start = cutoff - (cutoff + IST_OFFSET_MS) % DAY_MS
+            day_start = cutoff - (cutoff + IST_OFFSET_MS) % DAY_MS if cutoff is not None else 0
             fed = runner.warm_up(candles, send_from_ts=day_start, every=lambda: beat("warming"))
         except Exception:
             return crash("warm start")
         warm.update(fed=fed, took_ms=round((time.monotonic() - started) * 1000))
-        log.info("warm start: %d candles from %s to %s in %d ms (today's signals: %d sent late, %d "
-                 "already sent before; %d of earlier days not sent)", fed, _ist(warm.get("from_ts", cutoff)),
-                 _ist(cutoff), warm["took_ms"], runner.late, runner.suppressed, runner.history)
+        if cutoff is not None:
+            log.info("warm start: %d candles from %s to %s in %d ms (today's signals: %d sent late, %d "
+                     "already sent before; %d of earlier days not sent)", fed, _ist(warm.get("from_ts") or cutoff),
+                     _ist(cutoff), warm["took_ms"], runner.late, runner.suppressed, runner.history)
+        else:
+            log.info("warm start: nothing recorded yet for %s", ", ".join(config.instruments))
 
     # --- live -----------------------------------------------------------------------------------
     beat("running")
@@ -295,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 except ValueError as exc:
                     info["errors"] += 1
                     log.warning("undecodable bus frame skipped: %s", exc)
-        if msg is not None:
+        if msg is not None and not isinstance(msg, m.Health):
             info["last_message_ts"] = int(time.time() * 1000)
             try:
                 runner.handle(msg)

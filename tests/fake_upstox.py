@@ -46,7 +46,6 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 

@@ -289,6 +289,48 @@ def test_live_engine_trades_a_real_signal_through_the_fake_broker(shared_data, f
     assert [f.client for f in fills] == ["upstox", "upstox"]
 
 
+def test_a_rejected_live_exit_keeps_the_position_and_is_retried(shared_data, fake_upstox):
+    fake, url = fake_upstox
+    ticks = [t for t in day_ticks(sorted(month_files(2022, "JUN")), "2022-06-09") if t.instrument_key == NIFTY]
+    last = {"p": 0.0}
+    fake.fill_price = lambda order: last["p"]
+    now = [0]
+    client = UpstoxExecutionClient("live-token-5e1f9a", url, url, resolve=lambda k: "NSE_FO|43885",
+                                   poll_interval_s=0.01)
+    engine = ExecutionEngine(RiskBook(RiskConfig()), PaperConfig(), client, lambda t, msg: None,
+                             clock=lambda: now[0])
+    replayer = Replayer(engine)
+    rejected_at = None
+    try:
+        for t in ticks:
+            last["p"] = t.ltp
+            replayer.feed([t])
+            deadline = time.monotonic() + 10
+            while (engine.entries or any(p.exiting for p in engine.book.open.values())) \
+                    and time.monotonic() < deadline:
+                engine.poll()
+                time.sleep(0.01)
+            if engine.book.open and not fake.reject_instruments and rejected_at is None:
+                fake.reject_instruments.add("NSE_FO|43885")        # the broker refuses from now on
+            if rejected_at is None and any(o.status == "rejected" for o in replayer.run().of(m.Order)):
+                rejected_at = t.ts
+                assert engine.book.open, "the position stays open and managed"
+            elif rejected_at is not None and engine.book.open:
+                sells = [b for b in fake.placed() if b["transaction_type"] == "SELL"]
+                assert len(sells) == 1, "no retry within 5 s"
+                now[0] += 6_000                                  # 6 s later the exit is sent again
+                fake.reject_instruments.clear()
+            if engine.counters["closed"]:
+                break
+    finally:
+        client.close()
+    run = replayer.run()
+    assert rejected_at is not None
+    [pos] = run.closed().values()
+    assert pos.exit_reason == "time" and pos.exit_ts > rejected_at
+    assert [b["transaction_type"] for b in fake.placed()] == ["BUY", "SELL", "SELL"]
+
+
 # --- LIVE_TRADING start-up gate ------------------------------------------------------------------------
 def test_live_trading_needs_the_live_feed_and_a_typed_confirmation(tmp_path):
     from scripts.execution import LIVE_ENV, live_gate
@@ -308,7 +350,8 @@ def test_live_trading_needs_the_live_feed_and_a_typed_confirmation(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), "--config", str(cfg), "--replay",
                              str(month_files(2022, "JUN")[0]), "--port", str(free_port()),
                              "--db", str(tmp_path / "m.duckdb"), "--bus-pub", f"tcp://127.0.0.1:{free_port()}",
-                             "--bus-sub", f"tcp://127.0.0.1:{free_port()}"],
+                             "--bus-sub", f"tcp://127.0.0.1:{free_port()}",
+                             "--query-endpoint", f"tcp://127.0.0.1:{free_port()}"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
     lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "LIVE_TRADING" in lines[0], lines

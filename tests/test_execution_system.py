@@ -95,17 +95,25 @@ def wait_until(system: System, cond, timeout: float, what: str):
 
 def test_replayed_day_every_signal_resolved_on_bus_duckdb_and_browser(tmp_path):
     day = "2021-06-22"          # 4 breakouts: two trades stopped out, two rejected by the intraday lock
-    folder = replay_folder(tmp_path, "2021_JUNE_NIFTY.txt", "2021_JUNE_BNF.txt")
+    names = ("2021_JUNE_NIFTY.txt", "2021_JUNE_BNF.txt")
+    folder = replay_folder(tmp_path, *names)
+    expected = replay_day(day_ticks(sorted(INDEX_1MIN / n for n in names), day))   # the pure pipeline
     system, tape, pub, sub = start(tmp_path, folder, day, "0", "MAX_SIGNAL_DELAY_S = 120\n")
     base = f"http://127.0.0.1:{system.port}"
     try:
         system.wait(lambda h: h.get("ingestor", {}).get("status") == "finished", 90, "the replay to finish")
-        wait_until(system, tape.resolved, 60, "every signal resolved on the bus")
+        wait_until(system, lambda: len(tape.of(m.Signal)) == len(expected.signals) and tape.resolved(), 60,
+                   "every signal resolved on the bus")
         signals = tape.of(m.Signal)
         decisions = {d.signal_id: d for d in tape.of(m.RiskDecision)}
         closed = {p.position_id: p for p in tape.of(m.Position) if p.status == "closed"}
-        assert len(signals) >= 4 and any(d.approved for d in decisions.values())
+        assert len(signals) == 4 and any(d.approved for d in decisions.values())
         assert any(not d.approved and d.reason for d in decisions.values())
+        # at full speed the running system trades exactly as the pure pipeline on the same ticks
+        assert {sid: (d.approved, d.rule, d.quantity) for sid, d in decisions.items()} == \
+            {sid: (d.approved, d.rule, d.quantity) for sid, d in expected.decisions().items()}
+        assert {pid: (p.exit_reason, p.exit_ts, p.exit_price, p.realised_pnl) for pid, p in closed.items()} == \
+            {pid: (p.exit_reason, p.exit_ts, p.exit_price, p.realised_pnl) for pid, p in expected.closed().items()}
 
         # the browser's blotter says the same
         def blotter():
@@ -122,6 +130,13 @@ def test_replayed_day_every_signal_resolved_on_bus_duckdb_and_browser(tmp_path):
             else:
                 assert row["status"] == "rejected" and row["decision"]["rule"]
         assert snap["totals"]["realised"] == round(sum(p.realised_pnl for p in closed.values()), 2)
+        # a restarted API reads the day back from the audit trail
+        api_pid = system.health()["api"]["pid"]
+        os.kill(api_pid, signal.SIGKILL)
+        system.wait(lambda h: h.get("api", {}).get("pid") not in (None, api_pid), 60, "the API to come back")
+        again = wait_until(system, blotter, 60, "the restarted API's blotter to be read back")
+        assert [(r["signal_id"], r["status"], (r["position"] or {}).get("realised_pnl")) for r in again["rows"]] \
+            == [(r["signal_id"], r["status"], (r["position"] or {}).get("realised_pnl")) for r in snap["rows"]]
         page = httpx.get(f"{base}/", timeout=5).text
         assert 'id="kill-switch"' in page and "/blotter.js" in page
         assert httpx.get(f"{base}/blotter.js", timeout=5).status_code == 200
@@ -155,10 +170,9 @@ def test_replayed_day_every_signal_resolved_on_bus_duckdb_and_browser(tmp_path):
     assert dict(outcomes) == {"closed": len(closed), "rejected": len(signals) - len(closed)}
     assert con.execute("SELECT count(*) FROM trades").fetchone()[0] == len(closed)
     events = [r[0] for r in con.execute("SELECT event FROM service_events WHERE kind IN ('control', "
-                                        "'service_event') ORDER BY seq").fetchall()]
-    assert events[:2] == ["started", "recovered"] or "started" in events
-    assert [e for e in events if e in ("kill_switch", "resume", "resumed")] == \
-        ["kill_switch", "kill_switch", "resume", "resumed"]
+                                        "'service_event') AND service = 'execution' ORDER BY seq").fetchall()]
+    # command (control) and what the service did (service_event), in order
+    assert events == ["started", "recovered", "kill_switch", "kill_switch", "resume", "resumed", "stopped"]
     con.close()
 
 

@@ -59,9 +59,21 @@ def db(tmp_path_factory, bars) -> Path:
     return path
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
+def offline_db(tmp_path_factory, bars) -> Path:
+    """The same data in a file no connection of this process holds (for the system-stopped case)."""
+    path = tmp_path_factory.mktemp("offline") / "market.duckdb"
+    con = persistence.connect(path)
+    views.install(con)
+    fill(con, bars)
+    con.close()
+    return path
+
+
+@pytest.fixture(scope="module")
 def system(db):
-    """The query service on ``db`` (as in the ingestor) and settings pointing the client at it."""
+    """The query service on ``db`` (as in the ingestor) and settings pointing the client at it.
+    Shared by the module: tests that change data put it back."""
     con = persistence.connect(db)
     views.install(con)
     settings = dataclasses.replace(settings_mod.load(), duckdb_path=db,
@@ -271,15 +283,15 @@ def test_writes_of_every_kind_are_refused_and_change_nothing(system, sql, tmp_pa
     assert query_client.query("SELECT count(*) AS n FROM ticks", settings=settings)["n"][0] > 0
 
 
-def test_file_mode_refuses_the_same_and_leaves_no_lock(db, tmp_path):
-    settings = dataclasses.replace(settings_mod.load(), duckdb_path=db,
+def test_file_mode_refuses_the_same_and_leaves_no_lock(offline_db, tmp_path):
+    settings = dataclasses.replace(settings_mod.load(), duckdb_path=offline_db,
                                    query_endpoint=f"tcp://127.0.0.1:{free_port()}")
     for sql in ("DELETE FROM ticks", "COPY ticks TO '%s/x.csv'" % tmp_path, "SELECT * FROM read_text('/etc/hostname')",
                 "ATTACH '%s/o.duckdb'" % tmp_path):
         with pytest.raises(q.QueryRefused):
             query_client.query(sql, settings=settings)
     # DuckDB itself refuses a write on the read-only connection even past the guard:
-    con = query_client.open_read_only(db)
+    con = query_client.open_read_only(offline_db)
     with pytest.raises(duckdb.Error):
         con.execute("DELETE FROM ticks")
     with pytest.raises(duckdb.Error):
@@ -287,17 +299,20 @@ def test_file_mode_refuses_the_same_and_leaves_no_lock(db, tmp_path):
     con.close()
     r = query_client.query_result("SELECT count(*) AS n FROM ticks", settings=settings)
     assert r.via == "file" and r.table.column("n")[0].as_py() > 0
-    persistence.check_writable(db)          # nothing kept the file: a system could start now
+    persistence.check_writable(offline_db)          # nothing kept the file: a system could start now
     assert list(tmp_path.iterdir()) == []
 
 
-def test_file_mode_and_service_answer_the_same(system, db):
-    settings, server, _ = system
+def test_file_mode_and_service_answer_the_same(offline_db):
+    con = persistence.connect(offline_db)
+    settings = dataclasses.replace(settings_mod.load(), duckdb_path=offline_db,
+                                   query_endpoint=f"tcp://127.0.0.1:{free_port()}")
+    server = query_server.QueryServer(con, settings.query_endpoint, db_label=str(offline_db))
+    server.start()
     sql = ("SELECT date_ist, count(*) AS n, max(ltp) AS hi FROM ticks_ist GROUP BY ALL ORDER BY ALL")
     live = query_client.query_result(sql, settings=settings)
     assert live.via == "server"
     server.stop()
-    con = system[2]
     con.close()
     off = query_client.query_result(sql, settings=settings)
     assert off.via == "file"
@@ -312,16 +327,17 @@ HEAVY = "SELECT sum(hash(a.ltp + b.ltp + c.range)) FROM ticks a, ticks b, range(
 
 def test_a_query_over_the_time_limit_is_cancelled_and_the_service_goes_on(system):
     settings, server, _ = system
+    before = server.timeouts
     started = time.monotonic()
     with pytest.raises(q.QueryTimeout, match="time limit of 1 s"):
         query_client.query(HEAVY, settings=settings, timeout_s=1)
     assert time.monotonic() - started < 10
-    assert server.timeouts == 1
+    assert server.timeouts == before + 1
     assert query_client.query("SELECT count(*) AS n FROM candles_1m", settings=settings)["n"][0] > 0
 
 
-def test_the_time_limit_applies_in_file_mode_too(db):
-    settings = dataclasses.replace(settings_mod.load(), duckdb_path=db,
+def test_the_time_limit_applies_in_file_mode_too(offline_db):
+    settings = dataclasses.replace(settings_mod.load(), duckdb_path=offline_db,
                                    query_endpoint=f"tcp://127.0.0.1:{free_port()}")
     with pytest.raises(q.QueryTimeout):
         query_client.query(HEAVY, settings=settings, timeout_s=0.5)
@@ -338,12 +354,12 @@ def test_the_row_limit_raises_or_truncates(system, bars):
     assert full.height == 4 * bars.height
 
 
-def test_the_server_ceiling_caps_what_a_client_asks(db):
-    con = persistence.connect(db)
+def test_the_server_ceiling_caps_what_a_client_asks(offline_db):
+    con = persistence.connect(offline_db)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     server = query_server.QueryServer(con, endpoint, q.Limits(30.0, 500))
     server.start()
-    settings = dataclasses.replace(settings_mod.load(), duckdb_path=db, query_endpoint=endpoint)
+    settings = dataclasses.replace(settings_mod.load(), duckdb_path=offline_db, query_endpoint=endpoint)
     try:
         with pytest.raises(q.QueryTooLarge, match="more than 500 rows"):
             query_client.query("SELECT * FROM ticks", settings=settings, max_rows=10_000)
@@ -352,16 +368,16 @@ def test_the_server_ceiling_caps_what_a_client_asks(db):
         con.close()
 
 
-def test_a_locked_file_without_a_service_is_a_clear_error(db, tmp_path):
+def test_a_locked_file_without_a_service_is_a_clear_error(offline_db, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, sys, time
-        con = duckdb.connect({str(db)!r})
+        con = duckdb.connect({str(offline_db)!r})
         print("locked", flush=True)
         sys.stdin.read()
     """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        settings = dataclasses.replace(settings_mod.load(), duckdb_path=db,
+        settings = dataclasses.replace(settings_mod.load(), duckdb_path=offline_db,
                                        query_endpoint=f"tcp://127.0.0.1:{free_port()}")
         with pytest.raises(q.QueryUnavailable, match=f"held by PID {holder.pid}"):
             query_client.query("SELECT 1", settings=settings, timeout_s=1)

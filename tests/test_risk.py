@@ -221,3 +221,31 @@ def test_bad_risk_settings_are_one_line_errors_naming_the_setting(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "MAX_TRADES_PER_DAY" in lines[0], lines
+
+
+def test_daily_loss_limit_counts_open_positions_at_their_last_price(shared_data):
+    """A signal that arrives while another position is under water: the limit compares today's
+    PnL including that position's unrealised loss at its last tick before the signal."""
+    files = sorted(month_files(2022, "JUN"))
+    checked = 0
+    for day in ("2022-06-03", "2022-06-10", "2022-06-14"):
+        ticks = day_ticks(files, day)
+        base = replay_day(ticks)
+        for sig in base.signals:
+            sid = signal_id(sig)
+            trigger = next(t for t in ticks if t.instrument_key == sig.instrument_key and t.ts >= sig.ts)
+            for p in base.closed().values():
+                if p.signal_id == sid or not p.entry_ts <= sig.ts < p.exit_ts:
+                    continue
+                last = [t for t in ticks if t.instrument_key == p.instrument_key and t.seq < trigger.seq][-1]
+                u = (last.ltp - p.entry_price) * (1 if p.side == "BUY" else -1) * p.quantity
+                realised = sum(q.realised_pnl for q in base.closed().values() if q.exit_ts <= sig.ts)
+                loss = -(u + realised)
+                if loss < 500:
+                    continue
+                tight = replay_day(ticks, risk=RiskConfig(daily_loss_limit=loss * 0.9)).decisions()[sid]
+                loose = replay_day(ticks, risk=RiskConfig(daily_loss_limit=loss * 1.1)).decisions()[sid]
+                assert tight.rule == "daily_loss_limit", (day, sig, tight)
+                assert "daily_loss_limit" not in loose.failed, (day, sig, loose)
+                checked += 1
+    assert checked >= 1

@@ -1,8 +1,8 @@
 """Per-strategy restart with warm start, through the whole system (``run.py``) on a real day.
 
-NIFTY 2022-11-09 is replayed at 2000x into a DuckDB file that already holds the ten recorded
+NIFTY 2022-11-09 is replayed at 1500x into a DuckDB file that already holds the ten recorded
 days before it (as a running desk would), with four strategies in their own processes. When the
-rule strategy has sent its second signal, ``python3 run.py restart ema_x`` restarts it. Then:
+rule strategy has sent its first signal, ``python3 run.py restart ema_x`` restarts it. Then:
 
 - every strategy's signal stream (the ``signals`` table the ingestor records from the bus) equals
   that of an uninterrupted run: the same classes fed the same recorded candles in-process;
@@ -86,7 +86,7 @@ def test_restart_one_strategy_mid_replay_equals_uninterrupted_run(tmp_path):
     path.write_text(json.dumps(STRATEGIES))
     seeded = seed(tmp_path / "market.duckdb")
     assert len({c.ts // 86_400_000 for c in seeded}) >= SEED_DAYS - 1
-    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "2000",
+    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1500",
                     "--query-endpoint", f"tcp://127.0.0.1:{free_port()}", strategies=path)
     try:
         def running(h):
@@ -95,8 +95,8 @@ def test_restart_one_strategy_mid_replay_equals_uninterrupted_run(tmp_path):
         first = system.wait(running, 60, "four strategies running")
         pids = {n: v["pid"] for n, v in first.items()}
 
-        system.wait(lambda h: strategies_of(h).get("ema_x", {}).get("signals_total", 0) >= 2, 60,
-                    "the rule strategy's second signal")
+        system.wait(lambda h: strategies_of(h).get("ema_x", {}).get("signals_total", 0) >= 1, 60,
+                    "the rule strategy's first signal")
         restart_ms = int(time.time() * 1000)
         ctl = subprocess.run([sys.executable, str(ROOT / "run.py"), "restart", "ema_x",
                               "--bus-pub", endpoint(system, "--bus-pub"),
@@ -149,4 +149,4 @@ def test_restart_one_strategy_mid_replay_equals_uninterrupted_run(tmp_path):
     assert len({(r[2], r[3]) for r in ema}) == len(ema), "a signal was sent twice"
     before = [r for r in ema if r[8] < restart_ms]
     after = [r for r in ema if r[8] > restart_ms]
-    assert len(before) >= 2 and len(after) >= 3, (len(before), len(after))
+    assert len(before) >= 1 and len(after) >= 3, (len(before), len(after))

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from data_handling.upstox_backfill import gap_minutes
 from data_handling.upstox_feed import fmt_ist

@@ -41,6 +41,10 @@ class ExecutionClient(abc.ABC):
     """
 
     name = "abstract"
+    #: True when a LIMIT order rests at the market until it fills (the paper market simulates a
+    #: resting target); False makes the engine send a reached target as a MARKET order, so a live
+    #: exit never waits on a limit the price has already left.
+    resting_limits = False
 
     @abc.abstractmethod
     def place(self, order: m.Order) -> m.Order:
@@ -71,6 +75,7 @@ class PaperExecutionClient(ExecutionClient):
     """Fills on the tick stream, see :class:`trading_core.paper.PaperFills`."""
 
     name = "paper"
+    resting_limits = True
 
     def __init__(self, config: PaperConfig):
         self.market = PaperFills(config)

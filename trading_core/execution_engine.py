@@ -45,6 +45,7 @@ from trading_core.paper import PaperConfig, PositionBook, PositionState, Update,
 from trading_core.risk import RiskBook, ist_date, rejection, signal_id
 
 Publish = Callable[[str, m.Message], None]
+EXIT_RETRY_MS = 5_000        # a rejected exit order is sent again at most this often (wall ms)
 
 
 def wall_ms() -> int:
@@ -122,6 +123,7 @@ class ExecutionEngine:
         self.exits: dict[str, tuple[str, str]] = {}          # exit order id -> (position id, reason)
         self.buffers: dict[str, TickBuffer] = {}
         self.last: dict[str, tuple[int, int, float]] = {}    # instrument -> (ts, seq, ltp) of its last tick
+        self._retry_at: dict[str, int] = {}                  # position id -> wall ms to retry a failed exit
         self.counters = {"signals": 0, "approved": 0, "rejected": 0, "orders": 0, "fills": 0,
                          "closed": 0, "ticks": 0, "stale": 0, "recovered": 0}
 
@@ -182,7 +184,7 @@ class ExecutionEngine:
                 self._process(key, buf.ts[i], buf.seq[i], buf.ltp[i])
         return msg
 
-    def reject(self, sig: m.Signal, rule: str, reason: str) -> m.RiskDecision:
+    def reject(self, sig: m.Signal, rule: str, reason: str) -> m.RiskDecision | None:
         """Publish a rejection of ``sig`` decided outside the rules (e.g. ``missed``: published
         while this service was down); a signal already decided is left alone (returns None)."""
         if signal_id(sig) in self.risk.seen:
@@ -249,7 +251,9 @@ class ExecutionEngine:
         order. Open positions are managed again (a ``recovered`` update is published for each),
         unfilled entries re-sent (paper) or tracked again (live). Returns counts."""
         decisions = list(decisions)
-        by_signal = {d.signal_id: d for d in decisions}
+        by_signal: dict[str, m.RiskDecision] = {}
+        for d in decisions:
+            by_signal.setdefault(d.signal_id, d)         # the first decision (later ones: duplicates)
         self.risk.restore(decisions)
         self.kill_switch = kill_switch
         latest_orders = {o.order_id: o for o in orders}
@@ -342,6 +346,9 @@ class ExecutionEngine:
             self._outcome(order, fill)
         for upd in self.book.on_tick(key, ts, ltp, seq):
             if upd.kind == "exit":
+                if self._retry_at.get(upd.position.position_id, 0) > self.clock():
+                    upd.position.exiting = ""         # a rejected exit is retried at most every 5 s
+                    continue
                 self._exit(upd)
             elif upd.kind == "trail":
                 pos = upd.position
@@ -362,6 +369,8 @@ class ExecutionEngine:
             order = msgspec.structs.replace(legs.pop("stop"), status="placed", ts=upd.ts, reason=reason)
         elif reason == "target" and "target" in legs:
             order = msgspec.structs.replace(legs.pop("target"), status="placed", ts=upd.ts, reason=reason)
+            if not self.client.resting_limits:        # live: take the price that is there now
+                order = msgspec.structs.replace(order, order_type="MARKET")
         else:
             order = m.Order(order_id=f"{pos.position_id}-X", signal_id=pos.signal_id,
                             position_id=pos.position_id, strategy=pos.strategy,
@@ -390,6 +399,7 @@ class ExecutionEngine:
                 self.entries.pop(order.order_id)
             elif order.order_id in self.exits:            # the exit failed: manage the position again
                 pid, _ = self.exits.pop(order.order_id)
+                self._retry_at[pid] = self.clock() + EXIT_RETRY_MS
                 pos = self.book.open.get(pid)
                 if pos is not None:
                     pos.exiting = ""

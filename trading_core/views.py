@@ -48,9 +48,13 @@ Added here:
 
 How ``sessions`` stays current (decision): it is derived data, so it is computed on demand,
 not on every tick. Before any query that reads ``sessions``, the query service (in the
-ingestor, the file's only writer) recomputes the sessions whose candles changed since they
-were stored (count or last bar differs) and stores them; a day still trading is stored with
-``closed = false`` and recomputed on the next query. When the system is stopped and the file is
+ingestor, the file's only writer) finds, per instrument and source, the first date whose
+candles changed since its session was stored (bar count or last bar differs, or the day is
+gone), recomputes that date and every later one (reading :data:`HISTORY_MARGIN` earlier dates
+too, so prior-day references and the typical range are exactly those of a computation over the
+whole history) and stores them; a day still trading is stored with ``closed = false`` and
+recomputed on the next query that reads ``sessions``. This work runs before the query's time
+limit starts (a first query on a long history pays for all of it once). When the system is stopped and the file is
 opened read-only, stale sessions are computed in memory for that query (a temporary table that
 shadows the stored one). So ``sessions`` is always consistent with ``candles_1m`` at query time.
 """
