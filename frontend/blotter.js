@@ -46,7 +46,7 @@
     return `<tr title="${esc(r.reason)}">` +
       `<td class="time">${time(r.signal_ts)}</td><td>${esc(r.strategy)}</td>` +
       `<td>${esc(shortName(r.instrument_key))}</td><td class="side-${esc(r.side)}">${esc(r.side)}</td>` +
-      `<td class="decision">${decision}</td><td class="num">${qty || '—'}</td>` +
+      `<td class="decision" title="${esc(d ? d.reason : '')}">${decision}</td><td class="num">${qty || '—'}</td>` +
       `<td class="num">${p ? price(p.entry_price) : '—'}</td><td class="num">${price(stop)}${trailed}</td>` +
       `<td class="num">${price(p ? p.target : r.target)}</td><td>${exit}</td>${pnlCell(pnl)}` +
       `<td class="st-${esc(r.status)}">${esc(r.status)}</td></tr>`;
