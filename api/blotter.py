@@ -53,17 +53,21 @@ class Blotter:
         self.last_event: dict[str, Any] | None = None
         self.bad = 0
 
-    def _row(self, sid: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, sid: str, data: dict[str, Any], about_signal: bool = False) -> dict[str, Any]:
+        """The row of signal ``sid``; the signal's own fields are taken from a signal or a risk
+        decision (``about_signal``), never from an order, fill or position update."""
         row = self.rows.get(sid)
         if row is None:
             row = self.rows[sid] = {
                 "signal_id": sid, "strategy": data.get("strategy"), "instrument_key": data.get("instrument_key"),
-                "side": data.get("side"), "entry": data.get("entry"), "stop_loss": data.get("stop_loss"),
-                "target": data.get("target"), "signal_ts": data.get("signal_ts", data.get("ts")),
-                "reason": data.get("reason", ""), "status": "undecided", "decision": None,
-                "position": None, "orders": {}, "fills": []}
+                "side": None, "entry": None, "stop_loss": None, "target": None, "signal_ts": None,
+                "reason": "", "status": "undecided", "decision": None, "position": None, "orders": {},
+                "fills": []}
             while len(self.rows) > MAX_ROWS:
                 self.rows.popitem(last=False)
+        if about_signal and row["signal_ts"] is None:
+            row.update(side=data.get("side"), entry=data.get("entry"), stop_loss=data.get("stop_loss"),
+                       target=data.get("target"), signal_ts=data.get("signal_ts", data.get("ts")))
         return row
 
     def ingest(self, frame: bytes) -> None:
@@ -75,7 +79,7 @@ class Blotter:
         try:
             if frame.startswith(b"signal."):
                 sig = _signal.decode(payload)
-                row = self._row(signal_id(sig), msgspec.structs.asdict(sig))
+                row = self._row(signal_id(sig), msgspec.structs.asdict(sig), about_signal=True)
                 row["reason"] = sig.reason
             else:
                 data = _any.decode(payload)
@@ -92,7 +96,7 @@ class Blotter:
     def _apply(self, frame: bytes, data: dict[str, Any]) -> None:
         kind = data.get("type")
         if kind == "risk":
-            row = self._row(data["signal_id"], data)
+            row = self._row(data["signal_id"], data, about_signal=True)
             if row["decision"] is None:              # a re-sent signal's "duplicate" keeps the first
                 row["decision"] = data
             if row["status"] == "undecided":
@@ -131,6 +135,7 @@ class Blotter:
         for row in reversed(self.rows.values()):
             rows.append({**row, "orders": sorted(row["orders"].values(), key=lambda o: (o.get("ts", 0),
                                                                                          o.get("order_id")))})
+        rows.sort(key=lambda r: r.get("signal_ts") or 0, reverse=True)        # newest signal first
         day = max((ist_date(r["signal_ts"]) for r in self.rows.values() if r.get("signal_ts")), default=None)
         totals = {"signals": 0, "approved": 0, "rejected": 0, "open": 0, "closed": 0,
                   "realised": 0.0, "unrealised": 0.0}
@@ -166,6 +171,7 @@ class Blotter:
                         "target", "signal_ts"):
                 if live.get(key) is None:
                     live[key] = row.get(key)
+            live["reason"] = live["reason"] or row["reason"]
             for oid, order in row["orders"].items():
                 live["orders"].setdefault(oid, order)
             have = {f.get("fill_id") for f in live["fills"]}

@@ -10,6 +10,9 @@ const OBJECTS = [
   ["sessions", "daily profile: POC, VAH, VAL, IB, open/day type"],
   ["signals_ist", "strategy signals"],
   ["signal_outcomes", "simulated outcome of each signal"],
+  ["trades", "paper trades: entry, exit, realised PnL"],
+  ["order_book", "latest state of each order"],
+  ["risk_decisions", "each signal's risk check"],
   ["feed_runs", "ingestor feed runs"],
 ];
 

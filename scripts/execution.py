@@ -248,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     stopping = service.stop_on_signals(lambda: None)
     paper = paper_config(settings)
     client, master = make_client(settings, paper, log)
-    extra = None
-    if master is not None:
-        def extra(key: str) -> int | None:
-            try:
-                return master.resolve(key).lot_size
-            except Exception:  # noqa: BLE001 - not in the master: the LOT_SIZES table decides
-                return None
+
+    def master_lot(key: str) -> int | None:
+        """The instruments master's lot of a live contract (None: the LOT_SIZES table decides)."""
+        try:
+            return master.resolve(key).lot_size
+        except Exception:  # noqa: BLE001 - not in the master
+            return None
+
+    extra = master_lot if master is not None else None
     bus = BusClient(settings.bus_pub, settings.bus_sub,
                     [m.SIGNAL + ".", m.TICK + ".", m.exact(m.control_topic(SERVICE))])
     engine = ExecutionEngine(RiskBook(risk_config(settings, extra)), paper, client, bus.publish,

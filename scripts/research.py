@@ -86,7 +86,8 @@ def sql_main(argv: list[str]) -> int:
         "through the running system or on the file when it is stopped.",
         epilog="Tables and views: ticks, ticks_ist, candles_1m, candles_1m_ist, candles(N) and "
                "tick_candles(SECONDS) table macros, sessions, signals, signals_ist, "
-               "signal_outcomes, feed_runs. Only SELECT / EXPLAIN / DESCRIBE / SHOW / read-only "
+               "signal_outcomes, feed_runs; orders, fills, positions, trades (the execution "
+               "service's audit trail). Only SELECT / EXPLAIN / DESCRIBE / SHOW / read-only "
                "PRAGMA run.")
     p.add_argument("sql", nargs="?", help="the query; '-' or omitted: read it from --file or stdin")
     p.add_argument("-f", "--file", metavar="SQLFILE", help="read the query from this file")

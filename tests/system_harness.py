@@ -35,6 +35,7 @@ class System:
         self.out = open(tmp / "run.out", "w+")
         cmd = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), "--db", str(self.db),
                "--bus-pub", f"tcp://127.0.0.1:{free_port()}", "--bus-sub", f"tcp://127.0.0.1:{free_port()}",
+               "--query-endpoint", f"tcp://127.0.0.1:{free_port()}",
                "--log-dir", str(self.logs), *args]
         if strategies:
             cmd += ["--strategies", str(strategies)]

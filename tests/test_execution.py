@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import ROOT
-from tests.execution_days import (BANK, NIFTY, Replayer, day_ticks, month_files, paper_engine,
+from tests.execution_days import (NIFTY, Replayer, day_ticks, month_files, paper_engine,
                                   replay_day)
 from tests.fake_upstox_orders import FakeUpstoxOrders
 from trading_core import audit, messages as m, persistence, settings as settings_mod, views

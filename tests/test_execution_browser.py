@@ -6,15 +6,13 @@ running execution service. Screenshots go to ``test-artifacts/``."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.system_harness import ROOT, System
+from tests.system_harness import ROOT, System, free_port
 from tests.test_execution_system import Tape, replay_folder, wait_until
 from trading_core import messages as m
-from tests.system_harness import free_port
 
 CHROMIUM = os.environ.get("AMT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -64,7 +62,6 @@ def test_blotter_and_kill_switch_in_the_browser(tmp_path):
                 page.click("#kill-switch")
                 page.wait_for_selector("#kill-resume:not([hidden])", timeout=15_000)
                 assert "KILL SWITCH ON" in page.inner_text("#exec-state")
-                assert any(isinstance(e, m.ControlReply) for e in [])  or True
                 page.locator(".blotter-panel").screenshot(path=str(ARTIFACTS / "execution-kill-switch.png"))
                 page.click("#kill-resume")
                 page.wait_for_selector("#kill-switch:not([hidden])", timeout=15_000)

@@ -139,9 +139,8 @@ def test_time_exit_after_thirty_minutes(shared_data):
             path = path_after(ticks, pos.instrument_key, pos.entry_ts)
             due = first(path, lambda t: t.ts >= pos.entry_ts + 30 * 60_000)
             assert due.ts == pos.exit_ts
-            stop = pos.entry_price if pos.trailed else pos.initial_stop
-            early = [t for t in path if t.ts < due.ts]
-            assert not any(reached(pos.side, t.ltp, pos.target) for t in early)
+            _, other = expected_exit(pos, path)               # no stop, target or 15:15 came first
+            assert other.ts >= due.ts
             assert pos.exit_price == pytest.approx(market_price("SELL" if pos.side == "BUY" else "BUY", due.ltp, 0.5))
             n += 1
     assert n >= 4

@@ -19,7 +19,7 @@ from scripts import research
 from tests.conftest import FO_TICKS, INDEX_1MIN
 from tests.system_harness import ROOT, free_port
 from tests.test_query import fill
-from trading_core import persistence, settings as settings_mod, views
+from trading_core import audit, persistence, settings as settings_mod, views
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def db(tmp_path_factory, shared_data) -> Path:
     path = tmp_path_factory.mktemp("clidb") / "market.duckdb"
     con = persistence.connect(path)
     views.install(con)
+    audit.install(con)                 # as the ingestor does: orders, fills, trades (issue 6)
     fill(con, read_bars(INDEX_1MIN / "2022_JUN_NIFTY.txt"))
     fill(con, read_bars(INDEX_1MIN / "2022_JUN_BNF.txt"))
     ticks = pl.concat([read_ticks(FO_TICKS / "Futures" / "NIFTY-I.csv"),

@@ -181,6 +181,7 @@ def psutil_process(pid: int):
 
 def run_briefly(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "run.py"), "--db", str(tmp_path / "m.duckdb"),
+           "--query-endpoint", f"tcp://127.0.0.1:{free_port()}",
            "--log-dir", str(tmp_path / "logs"), "--bus-pub", f"tcp://127.0.0.1:{free_port()}",
            "--bus-sub", f"tcp://127.0.0.1:{free_port()}", *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMT_", "UPSTOX_"))}

@@ -13,7 +13,6 @@ Units: prices rupees, quantities units, ``ts`` epoch ms UTC.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 import queue
 import re

@@ -8,7 +8,9 @@ it) and answers queries on ``QUERY_ENDPOINT`` (:mod:`trading_core.query_server`)
 sent there. When nothing listens on that endpoint, the file is opened read-only here (with
 DuckDB's external access switched off), queried and closed at once, so a system starting a
 moment later finds it free. If the file is locked but no server answers (the ingestor is
-starting up), the client keeps trying both until the time limit.
+starting up), the client keeps trying both until the time limit. A service that answers but
+records another file (a second system on the same endpoint) is not used: the client reads its
+own file if it is free, else says which system holds what.
 
 Either way the same guard and limits apply (:mod:`trading_core.query`): one read-only statement,
 ``timeout_s`` seconds, ``max_rows`` rows. Results are identical: the views and table macros of

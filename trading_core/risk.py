@@ -43,10 +43,10 @@ is, approximately, the first day the near-month contract traded with the new lot
   expiring from 30 Jul 2020); 15 from 2023-06-30 (NSE circular of 31 Mar 2023: July 2023
   expiry onwards); 30 from 2024-11-20 (18 Oct 2024 circular); 35 from 2025-06-27 (NSE circular
   of 28 Mar 2025: July 2025 expiry onwards); 30 from 2025-12-31 (NSE/FAOP/70616).
-* FINNIFTY 40 (NSE/FAOP/47854 kept it at 40); 25 from 2024-06-28 (2 Apr 2024 circular: July
+* FINNIFTY 40 (NSE/FAOP/47854 kept it at 40); 25 from 2024-06-26 (2 Apr 2024 circular: July
   2024 expiry onwards); 65 from 2024-11-20; 60 from 2025-12-31 (NSE/FAOP/70616).
-* MIDCPNIFTY 75 (from its launch, 24 Jan 2022); 50 from 2024-06-28 (2 Apr 2024 circular); 120 from 2024-11-20;
-  140 from 2025-06-27; 120 from 2025-12-31 (NSE/FAOP/70616).
+* MIDCPNIFTY 75 (from its launch, 24 Jan 2022); 50 from 2024-06-25 (2 Apr 2024 circular); 120
+  from 2024-11-20; 140 from 2025-06-27; 120 from 2025-12-31 (NSE/FAOP/70616).
 
 Check the current lot before trading live: NSE revises them twice a year.
 """
@@ -76,8 +76,8 @@ NSE_LOT_SIZES: dict[str, list[tuple[str, int]]] = {
               ("2025-12-31", 65)],
     "BANKNIFTY": [("2018-10-26", 20), ("2020-07-24", 25), ("2023-06-30", 15), ("2024-11-20", 30),
                   ("2025-06-27", 35), ("2025-12-31", 30)],
-    "FINNIFTY": [("2021-01-11", 40), ("2024-06-28", 25), ("2024-11-20", 65), ("2025-12-31", 60)],
-    "MIDCPNIFTY": [("2022-01-24", 75), ("2024-06-28", 50), ("2024-11-20", 120), ("2025-06-27", 140),
+    "FINNIFTY": [("2021-01-11", 40), ("2024-06-26", 25), ("2024-11-20", 65), ("2025-12-31", 60)],
+    "MIDCPNIFTY": [("2022-01-24", 75), ("2024-06-25", 50), ("2024-11-20", 120), ("2025-06-27", 140),
                    ("2025-12-31", 120)],
 }
 

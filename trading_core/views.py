@@ -537,6 +537,14 @@ FROM signal_outcomes o
 JOIN sessions s ON s.instrument_key = o.instrument_key AND s.source = o.source AND s.date = o.date_ist
 GROUP BY ALL
 ORDER BY o.strategy, pnl_points DESC"""},
+    {"name": "trades_by_day_type", "title": "Each strategy's paper-trade PnL by day type (execution's trades)",
+     "sql": """SELECT t.strategy, s.day_type, count(*) AS trades,
+       count(*) FILTER (WHERE t.realised_pnl > 0) AS winners,
+       round(sum(t.realised_pnl), 2) AS realised_pnl_rupees, round(avg(t.r_multiple), 2) AS avg_r
+FROM trades t
+JOIN sessions s ON s.instrument_key = t.instrument_key AND s.source = t.source AND s.date = t.date_ist
+GROUP BY ALL
+ORDER BY t.strategy, realised_pnl_rupees DESC"""},
     {"name": "signals", "title": "Latest signals with their simulated outcome",
      "sql": """SELECT time_ist, strategy, instrument_key, side, entry, stop_loss, target, exit_reason, exit,
        pnl_points, r_multiple, reason
