@@ -208,15 +208,17 @@ class Manager:
         config = configs[name]
         slot = self.slots.get(name)
         if slot is None:
-            slot = self.slots[name] = Slot(config, enabled=False)
+            slot = self.slots[name] = Slot(config, enabled=config.enabled)
         changed = slot.config != config
+        if config.enabled != slot.config.enabled:
+            slot.enabled = config.enabled           # "enabled" was edited in the file: it wins
         slot.config = config
-        if command == "disable":
+        if command == "disable" or (command == "restart" and not slot.enabled):
             slot.enabled = False
             old = self.stop(name)
+            if command == "restart" and old is None:
+                return False, f"{name} is disabled; enable it first", {}
             return True, f"{name} disabled" + (f" (pid {old} stopped)" if old else ""), {"old_pid": old}
-        if command == "restart" and not config.enabled and not slot.enabled:
-            return False, f"{name} is disabled; enable it first", {}
         slot.enabled = True
         if command == "enable" and slot.child is not None and slot.child.alive():
             return True, f"{name} is already running (pid {slot.child.pid})", {"pid": slot.child.pid}

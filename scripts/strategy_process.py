@@ -34,10 +34,10 @@ strategies file is read), ``AMT_EMITTED_SIGNALS`` a JSON list of ``[instrument_k
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             return candles, start, emitted_in_db(history, name, start), ready, cutoff
 
         try:
-            candles, start, emitted, ready, cutoff = in_background(fetch, lambda: beat("warming"))
+            candles, start, emitted, ready, cutoff = in_background(fetch, lambda: beat("warming"), stopping)
             warm["cutoff_ts"] = cutoff
             if not ready:
                 log.warning("warm start: the candle before %s was not in DuckDB after %.0f s; "
@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             candles = []
             warm.update(candles=0, error=str(exc))
             log.warning("warm start impossible, starting cold: %s", exc)
+        except Stopping:
+            bus.close()
+            log.info("stopped during the warm start")
+            return 0
         try:
             day_start = cutoff - (cutoff + IST_OFFSET_MS) % DAY_MS if cutoff is not None else 0
             fed = runner.warm_up(candles, send_from_ts=day_start, every=lambda: beat("warming"))
@@ -330,17 +334,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def in_background(fn, beat) -> Any:
-    """Run ``fn()`` (database I/O) in a helper thread and return its result, calling ``beat()``
+class Stopping(Exception):
+    """SIGTERM arrived while waiting for the database."""
+
+
+def in_background(fn, beat, stopping) -> Any:
+    """Run ``fn()`` (database I/O) in a daemon thread and return its result, calling ``beat()``
     every 0.2 s meanwhile: heartbeats come from the thread that runs the strategy's hooks, which
-    must not block on I/O. Re-raises ``fn``'s exception."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm-start") as pool:
-        future = pool.submit(fn)
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except concurrent.futures.TimeoutError:
-                beat()
+    must not block on I/O. Re-raises ``fn``'s exception; raises :class:`Stopping` as soon as
+    ``stopping`` is set (the thread is abandoned: the process is exiting)."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="warm-start", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if stopping.is_set():
+            raise Stopping()
+        beat()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _ist(ts_ms: int) -> str:

@@ -17,17 +17,11 @@ Units: prices in rupees (float); timestamps ``ts`` epoch milliseconds UTC (int),
 displayed in IST (Asia/Kolkata, UTC+05:30, no DST). A candle's ``ts`` is its
 *open* time.
 
-Minimal example::
-
-    class CloseAbove(Strategy):
-        params_schema = {"type": "object", "additionalProperties": False,
-                         "properties": {"level": {"type": "number", "default": 18000.0}}}
-
-        def on_candle(self, candle):
-            if candle.close > self.params["level"]:
-                c = candle.close
-                self.signal(candle.instrument_key, "BUY", c, c - 50, c + 100,
-                            f"close {c} above {self.params['level']}", candle.ts + 60_000)
+Example: :mod:`strategy.examples` (``PriorHighBreakout``, the README's example), run by naming it
+in ``configs/strategies.json`` as ``"class": "strategy.examples:PriorHighBreakout"``. The built-in
+ones: :mod:`strategy.ib_breakout`, the auction strategies (:mod:`strategy.auction` and its
+subclasses, which keep a Market Profile per instrument), and :mod:`strategy.rule` (expressions
+written in JSON).
 """
 
 from __future__ import annotations

@@ -8,8 +8,14 @@ entry's ``params`` against its class's :attr:`Strategy.params_schema`)::
          "class": "ib_breakout",                 # a key of STRATEGY_CLASSES, or "module:Class"
          "enabled": true,                        # optional, default true
          "instruments": ["NSE_INDEX|Nifty 50"],  # Upstox instrument keys, >= 1
-         "params": {"ib_minutes": 60}}           # optional; class defaults fill the rest
+         "params": {"ib_minutes": 60},           # optional; class defaults fill the rest
+         "heartbeat_timeout_s": 10,              # optional: silent this long = stuck, restarted
+         "warm_days": 10}                        # optional: prior days replayed on warm start
     ]}
+
+``"module:Class"`` names a strategy of your own, importable from the project root (e.g.
+``"strategy.examples:PriorHighBreakout"``); the file is your own configuration, like
+``config.py``, so it may name any module. Rule strategies' expressions are compiled here too.
 
 Every problem is reported as one line naming the file, the strategy and the
 field, e.g. ``configs/strategies.json: strategy 'ib_breakout_nifty':

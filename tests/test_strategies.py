@@ -483,3 +483,33 @@ def test_strategies_do_no_io():
                 assert not {a.name.split(".")[0] for a in node.names} & forbidden_modules, name
             if isinstance(node, ast.ImportFrom):
                 assert (node.module or "").split(".")[0] not in forbidden_modules, name
+
+
+# --- the README's example (strategy/examples.py) -----------------------------------------------
+def test_readme_example_prior_high_breakout(shared_data, tmp_path):
+    """Named in a config as "strategy.examples:PriorHighBreakout"; on every recorded NIFTY day it
+    buys the first close above the previous session's high, as computed here from the raw bars."""
+    path = tmp_path / "strategies.json"
+    path.write_text(json.dumps({"strategies": [{
+        "name": "pdh_nifty", "class": "strategy.examples:PriorHighBreakout", "instruments": [NIFTY],
+        "params": {"stop_points": 25, "reward_risk": 1.5}}]}))
+    [config] = load_strategies(path)
+    out: list[Signal] = []
+    strat = build(config, out.append)
+    strat.on_start()
+    days = load_days("NIFTY")
+    for bars in days.values():
+        for b in bars:
+            strat.on_candle(b.candle())
+    expected, level = [], None
+    for bars in days.values():
+        session = [b for b in bars if 9 * 60 + 15 <= b.label - 1 < 15 * 60 + 30]
+        if not session:
+            continue
+        hit = next((b for b in session if level is not None and b.close > level), None)
+        if hit:
+            stop = level - 25
+            expected.append(("BUY", hit.close_ts, hit.close, stop, hit.close + 1.5 * (hit.close - stop)))
+        level = max(b.high for b in session)
+    assert as_tuples(out) == expected and len(expected) > 150
+    assert out[0].reason.startswith(f"close {out[0].entry} above the prior day's high ")

@@ -255,3 +255,37 @@ def test_script_invalid_json_and_ok_path(cfg_dir):
     r = run_script(good, cwd=cfg_dir)
     assert (r.returncode, r.stdout) == (0, "ok: 2 strategies (ib_breakout_nifty, "
                                            "ib_breakout_banknifty [disabled])\n")
+
+
+# --- strategies of your own ("module:Class"), supervision fields -------------------------------
+def test_module_class_references(cfg_dir):
+    entry = {"name": "mine", "class": "tests.test_strategy_fault_classes:RaiseOnTick",
+             "instruments": ["NSE_INDEX|Nifty 50"], "params": {"at": "11:00"},
+             "heartbeat_timeout_s": 4, "warm_days": 2}
+    [config] = load_strategies(write(cfg_dir, {"strategies": [entry]}))
+    assert (config.cls_name, config.params, config.heartbeat_timeout_s, config.warm_days) == (
+        entry["class"], {"at": "11:00"}, 4.0, 2)
+    assert config.history_days == 2 and type(build(config, print)).__name__ == "RaiseOnTick"
+    assert StrategyConfig("x", "ib_breakout").history_days == 0
+    assert StrategyConfig("x", "value_fade").history_days == 10
+    bad = [
+        ({**entry, "class": "no_such_module_xyz:Thing"},
+         "class: cannot import 'no_such_module_xyz': ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+        ({**entry, "class": "tests.test_strategy_fault_classes:Nothing"},
+         "class: 'tests.test_strategy_fault_classes:Nothing' is not a Strategy subclass"),
+        ({**entry, "class": "json:dumps"}, "class: 'json:dumps' is not a Strategy subclass"),
+        ({**entry, "params": {"at": "25:00"}}, "params.at: '25:00' does not match"),
+        ({**entry, "heartbeat_timeout_s": 1}, "heartbeat_timeout_s: 1 is less than the minimum of 2"),
+        ({**entry, "warm_days": 31}, "warm_days: 31 is greater than the maximum of 30"),
+    ]
+    for e, why in bad:
+        err = error_of(write(cfg_dir, {"strategies": [e]}))
+        assert err.errors[0].startswith("configs/strategies.json: strategy 'mine': " + why), err.errors
+
+
+def test_config_round_trips_through_the_manager_environment(cfg_dir):
+    """The manager hands each process its validated entry as JSON (AMT_STRATEGY_CONFIG)."""
+    from strategy.registry import parse_strategies
+    for config in load_strategies(SHIPPED):
+        [again] = parse_strategies(json.dumps({"strategies": [config.to_entry()]}), "AMT_STRATEGY_CONFIG")
+        assert again == config

@@ -153,3 +153,16 @@ def control(desk, command: str, target: str) -> m.ControlReply:
     reply = send_control(desk["pub"], desk["sub"], command, target, timeout_s=20)
     assert reply is not None, "no reply from the strategy manager"
     return reply
+
+
+def test_enabled_false_in_the_file_wins_on_restart(desk):
+    s0 = wait_for(desk["http"], both_live, "both strategies waiting for data")
+    edited = doc({"ib_minutes": 60})
+    edited["strategies"][1]["enabled"] = False
+    desk["file"].write_text(json.dumps(edited))
+    reply = control(desk, "restart", "ib_bank")
+    assert reply.ok and reply.message == f"ib_bank disabled (pid {s0['ib_bank']['pid']} stopped)"
+    again = control(desk, "restart", "ib_bank")
+    assert not again.ok and again.message == "ib_bank is disabled; enable it first"
+    d = wait_for(desk["http"], lambda d: d["strategies"]["ib_bank"]["state"] == "disabled" and d, "ib_bank disabled")
+    assert d["strategies"]["ib_nifty"]["pid"] == s0["ib_nifty"]["pid"]

@@ -27,7 +27,7 @@ import pyarrow as pa
 from strategy import registry
 from strategy.runner import StrategyRunner
 from tests.conftest import INDEX_1MIN
-from tests.system_harness import ROOT, System, free_port
+from tests.system_harness import ROOT, System
 from tests.test_strategies import parse_line
 from trading_core import messages as m, persistence
 
@@ -86,8 +86,7 @@ def test_restart_one_strategy_mid_replay_equals_uninterrupted_run(tmp_path):
     path.write_text(json.dumps(STRATEGIES))
     seeded = seed(tmp_path / "market.duckdb")
     assert len({c.ts // 86_400_000 for c in seeded}) >= SEED_DAYS - 1
-    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1500",
-                    "--query-endpoint", f"tcp://127.0.0.1:{free_port()}", strategies=path)
+    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1500", strategies=path)
     try:
         def running(h):
             s = strategies_of(h)

@@ -27,7 +27,7 @@ import psutil
 from strategy import registry
 from strategy.runner import StrategyRunner
 from tests.conftest import INDEX_1MIN
-from tests.system_harness import ROOT, System, free_port
+from tests.system_harness import ROOT, System
 from trading_core import messages as m
 
 DAY = "2022-11-09"
@@ -59,8 +59,7 @@ def ctl(system: System, *args: str) -> subprocess.CompletedProcess:
 def test_crash_stuck_and_crash_loop_are_contained(tmp_path):
     path = tmp_path / "strategies.json"
     path.write_text(json.dumps(STRATEGIES))
-    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1000",
-                    "--query-endpoint", f"tcp://127.0.0.1:{free_port()}", strategies=path)
+    system = System(tmp_path, "--replay", str(DAY_FILE), "--date", DAY, "--speed", "1000", strategies=path)
     snapshots: list[dict] = []
 
     def watch(predicate):
