@@ -82,3 +82,16 @@ def test_the_access_token_is_masked_in_every_log_line(tmp_path, capsys):
     logging.getLogger().handlers[1].flush()
     text = (tmp_path / "unit.log").read_text() + capsys.readouterr().err
     assert token not in text and text.count("***") == 4
+
+
+def test_stats_report_real_cpu_of_a_busy_child():
+    child = Child("busy", [sys.executable, "-c", "while True: pass"])
+    child.start()
+    try:
+        child.stats()
+        time.sleep(1.0)
+        info = child.stats()
+        assert info["alive"] and info["cpu_percent"] > 20, info
+        assert info["rss_bytes"] > 1_000_000
+    finally:
+        stop_all([child], timeout_s=1.0)

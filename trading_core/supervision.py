@@ -53,6 +53,7 @@ class Child:
     restart_at: float | None = None
     gave_up: bool = False
     last_exit: int | None = None
+    _ps: psutil.Process | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -132,7 +133,12 @@ class Child:
                 "gave_up": self.gave_up, "last_exit": self.last_exit}
         if self.alive():
             try:
-                p = psutil.Process(self.proc.pid)
+                # One psutil.Process per child process: cpu_percent measures since the last call
+                # on the same object, so a fresh object would always report 0 %.
+                if self._ps is None or self._ps.pid != self.proc.pid:
+                    self._ps = psutil.Process(self.proc.pid)
+                    self._ps.cpu_percent(None)
+                p = self._ps
                 with p.oneshot():
                     info["cpu_percent"] = p.cpu_percent(None)
                     info["rss_bytes"] = p.memory_info().rss
