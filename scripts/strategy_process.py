@@ -367,23 +367,5 @@ def _ist(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime((ts_ms + IST_OFFSET_MS) / 1000))
 
 
-def exit_now(code: int) -> None:
-    """Flush the logs and end the process at once, skipping the interpreter's teardown of numpy,
-    polars and DuckDB (about 0.4 s on a loaded machine): shutdown budgets are tight (run.py stops
-    everything within 5 s) and nothing is left to clean up (the bus sockets are closed). What the
-    closed sockets still hold (a last signal or health report) gets up to 0.5 s to leave."""
-    import logging
-    import threading
-
-    import zmq
-    flusher = threading.Thread(target=zmq.Context.instance().term, daemon=True)
-    flusher.start()
-    flusher.join(0.5)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    exit_now(main())
+    service.exit_now(main())

@@ -65,7 +65,6 @@ import datetime as _dt
 import logging
 import threading
 import time
-from typing import Iterable
 
 import duckdb
 import polars as pl
