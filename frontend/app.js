@@ -426,6 +426,25 @@
     el.title = Object.entries(ms.segments || {}).map(([k, v]) => `${k}: ${v}`).join('\n');
   }
 
+  // Feed and recording rates from consecutive ingestor reports (counters are cumulative).
+  let feedRate = null;
+  function ingestorRates(h) {
+    const d = h.details || {};
+    if (!feedRate || feedRate.ts !== h.ts) {
+      const prev = feedRate;
+      const next = { ts: h.ts, pub: d.ticks_published || 0, wr: d.ticks_written || 0,
+                     tps: prev ? prev.tps : null, wps: prev ? prev.wps : null };
+      if (prev && h.ts > prev.ts) {
+        const dt = (h.ts - prev.ts) / 1000;
+        next.tps = Math.max(0, (next.pub - prev.pub) / dt);
+        next.wps = Math.max(0, (next.wr - prev.wr) / dt);
+      }
+      feedRate = next;
+    }
+    return feedRate;
+  }
+  const fmtRate = (x) => (x === null || !isFinite(x) ? '—' : x >= 1000 ? `${(x / 1000).toFixed(1)}k` : x.toFixed(0));
+
   function renderHealth() {
     renderMarket();
     const strip = $('health-strip');
@@ -437,6 +456,12 @@
       const el = document.createElement('span');
       el.className = `svc ${STATUS_CLASS[h.status] || 'busy'}${age > STALE_HEALTH_MS ? ' stale' : ''}`;
       const parts = [['name', svc], ['st', h.status], ['muted', `pid ${h.pid}`], ['age', fmtAge(age)]];
+      if (svc === 'ingestor') {
+        const r = ingestorRates(h);
+        const last = (h.details || {}).last_tick_wall_ms;
+        parts.push(['muted rates', `${fmtRate(r.tps)} ticks/s · DuckDB ${fmtRate(r.wps)} rows/s` +
+                                   (last ? ` · last tick ${fmtAge(now - last)} ago` : '')]);
+      }
       for (const [cls, text] of parts) {
         const s = document.createElement('span');
         s.className = cls; s.textContent = text;

@@ -105,6 +105,9 @@ def test_the_desk_shows_the_day_as_the_engine_and_the_strategies_saw_it(replayed
     assert marker["position"] in ("belowBar", "aboveBar")
     assert page.locator("#signals-body tr:not(.empty)").count() >= 1
     assert "ib_breakout_nifty" in page.locator("#signals-body").inner_text()
+    page.wait_for_function("() => document.querySelector('#health-strip').textContent.includes('ticks/s')",
+                           timeout=10_000)
+    assert "DuckDB" in page.locator("#health-strip").inner_text()
     shot(page, "desk-replayed-day")
 
     # 5-minute candles aggregate the 1-minute ones in buckets aligned to the 09:15 IST open.
