@@ -289,33 +289,18 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
         return Response(_json({"instrument_key": instrument_key, "interval": "1m", "candles": bars}),
                         media_type="application/json", headers=NO_CACHE)
 
-    def page_file(name: str) -> Response:
-        return FileResponse(FRONTEND / name, media_type=PAGE_FILES[name], headers=NO_CACHE)
+    # The page's own files: each name in PAGE_FILES at /<name>, plus "/" and "/console". Only
+    # these are served, never the rest of frontend/.
+    def page_route(name: str):
+        async def serve() -> Response:
+            return FileResponse(FRONTEND / name, media_type=PAGE_FILES[name], headers=NO_CACHE)
+        return serve
 
-    @app.get("/")
-    async def index() -> Response:
-        return page_file("index.html")
-
-    @app.get("/index.html")
-    async def index_html() -> Response:
-        return page_file("index.html")
-
-    @app.get("/app.js")
-    async def app_js() -> Response:
-        return page_file("app.js")
-
-    @app.get("/style.css")
-    async def style_css() -> Response:
-        return page_file("style.css")
+    for path, name in [("/", "index.html"), ("/console", "console.html"),
+                       *((f"/{n}", n) for n in PAGE_FILES)]:
+        app.add_api_route(path, page_route(name), methods=["GET"])
 
     # --- research SQL console (scripts/research.py: read-only, time and row limits) ---------
-    @app.get("/console")
-    async def console_page() -> Response:
-        return page_file("console.html")
-
-    @app.get("/console.js")
-    async def console_js() -> Response:
-        return page_file("console.js")
 
     @app.get("/api/sql/examples")
     async def sql_examples() -> Response:
@@ -330,18 +315,6 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
         return Response(_json(body), status_code=status, media_type="application/json", headers=NO_CACHE)
 
     # --- execution blotter and kill switch (api/blotter.py, scripts/execution.py) -----------
-    @app.get("/blotter.js")
-    async def blotter_js() -> Response:
-        return page_file("blotter.js")
-
-    @app.get("/strategies.js")
-    async def strategies_js() -> Response:
-        return page_file("strategies.js")
-
-    @app.get("/tpo.js")
-    async def tpo_js() -> Response:
-        return page_file("tpo.js")
-
     @app.get("/api/execution")
     async def execution() -> Response:
         return Response(_json(bridge.blotter.snapshot()), media_type="application/json", headers=NO_CACHE)

@@ -139,31 +139,29 @@ VIEWS = {
     FROM o""",
 }
 
+def _bar_ts(width_ms: str) -> str:
+    """SQL for the open (epoch ms UTC) of the bar of width ``width_ms`` (an SQL expression) that
+    holds ``ts``, counted from 09:15 IST of ``ts``'s IST day."""
+    return (f"""(ts + {_IST_MS}) // {_DAY_MS} * {_DAY_MS} + {_OPEN_MS}
+                  + CAST(floor(((ts + {_IST_MS}) % {_DAY_MS} - {_OPEN_MS})
+                               / (CAST({width_ms} AS DOUBLE))) AS BIGINT)
+                    * CAST({width_ms} AS BIGINT) - {_IST_MS}""")
+
+
+_BAR_TIMES = """make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
+           CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist"""
+
 MACROS = {
     "candles": f"""(interval_minutes) AS TABLE
-    WITH b AS (
-        SELECT *, (ts + {_IST_MS}) // {_DAY_MS} * {_DAY_MS} + {_OPEN_MS}
-                  + CAST(floor(((ts + {_IST_MS}) % {_DAY_MS} - {_OPEN_MS})
-                               / (CAST(interval_minutes AS DOUBLE) * 60000)) AS BIGINT)
-                    * CAST(interval_minutes * 60000 AS BIGINT) - {_IST_MS} AS bar_ts
-        FROM candles_1m)
-    SELECT instrument_key, source, bar_ts AS ts,
-           make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
-           CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
+    WITH b AS (SELECT *, {_bar_ts("interval_minutes * 60000")} AS bar_ts FROM candles_1m)
+    SELECT instrument_key, source, bar_ts AS ts, {_BAR_TIMES},
            arg_min(open, ts) AS open, max(high) AS high, min(low) AS low,
            arg_max(close, ts) AS close, CAST(sum(volume) AS BIGINT) AS volume, arg_max(oi, ts) AS oi,
            CAST(sum(ticks) AS BIGINT) AS ticks, count(*) AS bars
     FROM b GROUP BY instrument_key, source, bar_ts""",
     "tick_candles": f"""(interval_seconds) AS TABLE
-    WITH b AS (
-        SELECT *, (ts + {_IST_MS}) // {_DAY_MS} * {_DAY_MS} + {_OPEN_MS}
-                  + CAST(floor(((ts + {_IST_MS}) % {_DAY_MS} - {_OPEN_MS})
-                               / (CAST(interval_seconds AS DOUBLE) * 1000)) AS BIGINT)
-                    * CAST(interval_seconds * 1000 AS BIGINT) - {_IST_MS} AS bar_ts
-        FROM ticks)
-    SELECT instrument_key, source, bar_ts AS ts,
-           make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
-           CAST(make_timestamp(bar_ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist,
+    WITH b AS (SELECT *, {_bar_ts("interval_seconds * 1000")} AS bar_ts FROM ticks)
+    SELECT instrument_key, source, bar_ts AS ts, {_BAR_TIMES},
            arg_min(ltp, seq) AS open, max(ltp) AS high, min(ltp) AS low,
            arg_max(ltp, seq) AS close, CAST(sum(ltq) AS BIGINT) AS volume, arg_max(oi, seq) AS oi,
            count(*) AS ticks
