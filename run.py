@@ -70,6 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     feed.add_argument("--speed", type=float, default=1.0, metavar="X",
                       help="replay/simulator speed: 1 = real time (default), 60 = a minute per "
                            "second, 0 = as fast as possible")
+    feed.add_argument("--instrument", action="append", default=[], metavar="KEY",
+                      help="with --replay: only this instrument key, e.g. 'NSE_FO|NIFTY-I' "
+                           "(repeatable)")
+    feed.add_argument("--rate", type=float, default=0.0, metavar="N",
+                      help="with --replay: a constant N ticks per second, whatever the market "
+                           "times (overrides --speed; for load tests)")
+    feed.add_argument("--limit", type=int, metavar="N",
+                      help="with --replay: only the first N ticks of the merged stream")
     feed.add_argument("--feed", choices=["auto", "sim", "replay", "upstox"], default="auto",
                       help="auto (default): replay with --replay, upstox with an access token, "
                            "else the simulator")
@@ -136,6 +144,10 @@ def preflight(args: argparse.Namespace, settings: settings_mod.Settings) -> str 
         return f"--replay: {args.replay} does not exist"
     if args.speed < 0:
         return "--speed must be 0 (as fast as possible) or positive"
+    if args.rate < 0:
+        return "--rate must be 0 (off) or a positive number of ticks per second"
+    if args.limit is not None and args.limit <= 0:
+        return "--limit must be a positive number of ticks"
     if not port_free(settings.api_host, settings.api_port):
         return (f"port {settings.api_port} on {settings.api_host} is in use (another run.py?); "
                 f"stop it or choose another with --port")
@@ -165,6 +177,12 @@ class Supervisor:
             ingest_args += ["--replay", str(Path(args.replay).resolve())]
         for d in args.date:
             ingest_args += ["--date", d]
+        for key in args.instrument:
+            ingest_args += ["--instrument", key]
+        if args.rate:
+            ingest_args += ["--rate", str(args.rate)]
+        if args.limit:
+            ingest_args += ["--limit", str(args.limit)]
         self.children = {name: Child(name, python_cmd(str(ROOT / SCRIPTS[name]),
                                                       *(ingest_args if name == "ingestor" else [])),
                                      child_env(env))

@@ -472,6 +472,9 @@ class ReplaySource:
     a timestamp keep file order, and files their sorted path order.
 
     ``speed``: 0 = as fast as possible (never sleeps); ``X > 0`` = X times real time.
+    ``rate``: 0, or a constant pace in ticks per second whatever the market times say
+    (overrides ``speed``; for load tests and benchmarks). ``limit``: None, or replay only the
+    first ``limit`` ticks of the merged stream.
     ``dates``: None, or IST trading dates (``datetime.date`` / ``"YYYY-MM-DD"``) to keep.
     ``instruments``: None, or the instrument keys to keep (tick files of other instruments
     are not even read). ``max_gap_ms``: a market-time gap longer than this (overnight,
@@ -495,13 +498,20 @@ class ReplaySource:
         instruments: Iterable[str] | None = None,
         max_gap_ms: int = 15 * 60_000,
         sleep: Callable[[float], object] = time.sleep,
+        rate: float = 0.0,
+        limit: int | None = None,
     ) -> None:
         if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed >= 0):
             raise ValueError(f"speed must be a finite number >= 0, got {speed!r}")
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"rate must be a finite number of ticks per second >= 0, got {rate!r}")
+        if limit is not None and not (isinstance(limit, int) and limit > 0):
+            raise ValueError(f"limit must be a positive number of ticks, got {limit!r}")
         if max_gap_ms < 0:
             raise ValueError(f"max_gap_ms must be >= 0, got {max_gap_ms!r}")
         self.path = Path(path)
         self.speed = float(speed)
+        self.rate = float(rate)
         self.max_gap_ms = int(max_gap_ms)
         self._sleep = sleep
         want_dates = _as_dates(dates)
@@ -564,7 +574,10 @@ class ReplaySource:
         # Rows are in (file, line) order within each kind; with both kinds the file index
         # restores global path order for ticks sharing a timestamp.
         sort_by = ["ts", "_file"] if len(frames) > 1 else ["ts"]
-        df = df.sort(sort_by, maintain_order=True).drop("_file").rechunk()
+        df = df.sort(sort_by, maintain_order=True).drop("_file")
+        if limit is not None:
+            df = df.head(limit)
+        df = df.rechunk()
         self._codes = df.get_column("_key").to_numpy()
         self._df = _with_keys(df, self._keys).with_columns(
             seq=pl.int_range(pl.len(), dtype=pl.Int64)
@@ -596,6 +609,8 @@ class ReplaySource:
         n = len(self)
         if not (isinstance(start_seq, (int, np.integer)) and 0 <= start_seq <= n):
             raise ValueError(f"start_seq must be in 0..{n}, got {start_seq!r}")
+        if self.rate > 0:
+            return self._rated(int(start_seq))
         if self.speed > 0:
             return self._paced(int(start_seq))
         return self._fast(int(start_seq))
@@ -645,3 +660,21 @@ class ReplaySource:
                 prev = ts
                 yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
                 seq += 1
+
+    def _rated(self, start: int) -> Iterator[Tick]:
+        # Constant ticks per second, whatever the market times: for load tests. Tick i is due
+        # i / rate seconds after the first; sleep once at least SLEEP_QUANTUM_S ahead.
+        sleep, clock = self._sleep, time.monotonic
+        interval = 1.0 / self.rate
+        t0 = clock()
+        slept = 0.0
+        i = 0
+        for seq, rows in self._chunks(start):
+            for key, ts, ltp, ltq, oi in rows:
+                ahead = i * interval - max(clock() - t0, slept)
+                if ahead > SLEEP_QUANTUM_S:
+                    sleep(ahead)
+                    slept += ahead
+                yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
+                seq += 1
+                i += 1

@@ -29,6 +29,7 @@ from data_handling.candles import CandleBuilder  # noqa: E402
 from data_handling.upstox_instruments import UpstoxConfigError  # noqa: E402  (no SDK import)
 from scripts.profiles import ProfileFeed  # noqa: E402
 from scripts import service  # noqa: E402
+from scripts.latency_probe import LatencyProbe  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
 from trading_core import query as query_mod, query_server, views  # noqa: E402
@@ -44,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
     p.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
                    help="replay only this IST trading date (repeatable)")
+    p.add_argument("--instrument", action="append", default=[], metavar="KEY",
+                   help="replay only this instrument key (repeatable)")
+    p.add_argument("--rate", type=float, default=0.0, metavar="N",
+                   help="replay at a constant N ticks per second (overrides --speed; load tests)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="replay only the first N ticks")
     p.add_argument("--warmup", type=float, default=75.0, metavar="MINUTES",
                    help="simulator only: produce the session's first MINUTES at once, so the chart "
                         "and the initial balance are there when the page opens (default 75)")
@@ -68,7 +75,9 @@ def make_source(feed: str, args: argparse.Namespace, settings: settings_mod.Sett
         from data_handling.replay import ReplaySource
         if not args.replay:
             raise ValueError("--feed replay needs --replay PATH")
-        return ReplaySource(args.replay, speed=args.speed, dates=args.date or None, sleep=sleep)
+        return ReplaySource(args.replay, speed=args.speed, dates=args.date or None,
+                            instruments=args.instrument or None, rate=args.rate, limit=args.limit,
+                            sleep=sleep)
     if feed == "sim":
         from data_handling.simulator import SimulatedSource
         return SimulatedSource(list(settings.watchlist), seed=settings.sim_seed, speed=args.speed,
@@ -224,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     tick_topic = m.tick_topic
     seq_offset = start_seq if feed in ("sim", "upstox") else 0
     ticks = source.ticks(start_seq) if feed == "replay" else source.ticks()
+    probe = LatencyProbe.from_env()
+    if probe:
+        ticks = probe.wrap(ticks)
 
     def feed_event(item) -> None:
         """A live feed's item that is not a tick: publish a market status; store a gap's backfill
@@ -272,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             profiles.publish_due(force=True)
             if feed == "replay":
                 persistence.finish_run(con, args.run_id)
+            if probe:
+                probe.dump()
             counters.status = "finished"
             log.info("feed %s finished: %d ticks, %d candles", feed, counters.published, counters.candles)
             while not stopping.is_set():
@@ -286,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         counters.status = "error"
         service.fatal(log, f"ingestor: {exc}")
     finally:
+        if probe:
+            probe.dump()
         if hasattr(source, "close"):
             source.close()
         if queries:

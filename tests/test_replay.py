@@ -283,6 +283,23 @@ def test_pacing_accumulates_tiny_gaps_into_few_sleeps(shared_data):
     assert f["ts"].n_unique() > 2 * len(slept)  # many 1 ms steps merged into each sleep
 
 
+def test_constant_rate_and_limit_for_load_tests(shared_data):
+    slept: list[float] = []
+    full = ReplaySource(NIFTY_I)
+    src = ReplaySource(NIFTY_I, speed=60, rate=2_000, limit=5_000, sleep=slept.append)
+    ticks = list(src.ticks())
+    assert len(src) == len(ticks) == 5_000
+    # the first 5,000 ticks of the stream, whatever the pace
+    assert src.frame().equals(full.frame().head(5_000))
+    # rate overrides speed: tick i is due i / rate seconds after the first, market gaps ignored
+    assert sum(slept) == pytest.approx(4_999 / 2_000, abs=0.003)
+    assert min(slept) > 0.002 and len(slept) < 5_000 / 4
+    with pytest.raises(ValueError, match="rate"):
+        ReplaySource(NIFTY_I, rate=-5)
+    with pytest.raises(ValueError, match="limit"):
+        ReplaySource(NIFTY_I, limit=0)
+
+
 # --------------------------------------------------------------------------- errors
 def test_malformed_line_names_file_and_line(tmp_path):
     good = "NIFTY,20220601,{t},16602.20,16614.35,16561.95,16613.90,0,0\n"

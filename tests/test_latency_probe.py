@@ -1,0 +1,33 @@
+"""The ingestor's latency probe stamps each tick it takes from the feed, in feed order."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from data_handling.replay import ReplaySource
+from scripts.latency_probe import FILE_NAME, LatencyProbe
+from tests.conftest import FO_TICKS
+
+
+def test_probe_stamps_every_tick_in_order_and_passes_them_through(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("AMT_LATENCY_PROBE", str(tmp_path / "probe"))
+    monkeypatch.setattr("scripts.latency_probe._BLOCK", 10_000)    # several blocks of stamps
+    probe = LatencyProbe.from_env()
+    src = ReplaySource(FO_TICKS / "Futures", limit=35_000)
+    before = time.time_ns()
+    passed = list(probe.wrap(src.ticks()))
+    after = time.time_ns()
+    assert [t.seq for t in passed] == src.frame()["seq"].to_list()
+    stamps = np.load(probe.dump())
+    assert probe.path == tmp_path / "probe" / FILE_NAME
+    assert stamps.shape == (35_000, 2)
+    assert (stamps[:, 0] == np.arange(35_000)).all()
+    assert (np.diff(stamps[:, 1]) >= 0).all()
+    assert before <= stamps[0, 1] and stamps[-1, 1] <= after
+
+
+def test_no_probe_without_the_variable(monkeypatch):
+    monkeypatch.delenv("AMT_LATENCY_PROBE", raising=False)
+    assert LatencyProbe.from_env() is None
