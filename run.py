@@ -41,6 +41,7 @@ import psutil  # noqa: E402
 
 from trading_core import messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient, now_ms  # noqa: E402
+from scripts.service import BusRates  # noqa: E402
 from trading_core.supervision import Child, child_env, kill_all, python_cmd, stop_all  # noqa: E402
 
 SERVICES = ("bus", "api", "strategy_manager", "execution", "ingestor")
@@ -232,6 +233,7 @@ class Supervisor:
         if not self.stopping.is_set():
             self.start("ingestor")
         last_report = 0.0
+        rates = BusRates()               # the supervisor's own bus frames per second, as every service's
         while not self.stopping.is_set():
             self.drain(100)
             for name, child in self.children.items():
@@ -240,7 +242,8 @@ class Supervisor:
                 last_report = time.monotonic()
                 self.bus.publish(m.health_topic("supervisor"), m.Health(
                     service="supervisor", pid=os.getpid(), status="running", ts=now_ms(),
-                    details={"services": {n: c.stats() for n, c in self.children.items()}}))
+                    details={"services": {n: c.stats() for n, c in self.children.items()},
+                             **rates.sample()}))
         self.stop()
         return self.exit_code
 

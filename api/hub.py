@@ -8,6 +8,9 @@ Data flow::
     bus frame --ingest()--> current Batch --flush() every 100 ms--> Store (snapshot)
                                                               \\--> each Client.pending
 
+Ticks come from the ingestor's conflated ``last_ticks`` frames (the last tick of each
+instrument about every 100 ms), not from every print; single ``tick.*`` frames are taken too.
+
 Payloads are kept as the raw JSON bytes that came off the bus and are spliced into
 outgoing frames with ``msgspec.Raw``: a tick is never decoded and re-encoded on its way
 to the browser. Only small headers are decoded where the hub needs a field (a candle's
@@ -53,6 +56,14 @@ PROBE_PREFIX = b"health.__probe__."
 
 Raw = msgspec.Raw
 _encode = msgspec.json.Encoder().encode
+
+
+class _LastTicksHead(msgspec.Struct):
+    ticks: dict[str, msgspec.Raw]
+
+
+_LAST_TICKS = m.LAST_TICKS.encode()
+_last_ticks_head = msgspec.json.Decoder(_LastTicksHead)
 
 
 class _CandleHead(msgspec.Struct):
@@ -263,6 +274,14 @@ class Hub:
             self.cur.health[head.service] = payload
         elif c == 112 and frame.startswith(b"profile."):                # 'p'
             self.cur.profiles[frame[8:i].decode("utf-8", "replace")] = payload
+        elif c == 108 and frame[:i] == _LAST_TICKS:                     # 'l'
+            try:
+                last = _last_ticks_head.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return self._bad(frame, f"last_ticks: {exc}")
+            ticks = self.cur.ticks
+            for key, tick in last.ticks.items():
+                ticks[key] = bytes(tick)
         # other topics (control.*) are not subscribed; ignore silently
 
     def _bad(self, frame: bytes, why: str) -> None:

@@ -2,7 +2,7 @@
 
 Run by ``run.py``; alone with ``python3 api/server.py [--host H] [--port N] [--config FILE]``.
 
-It subscribes to ``tick.``, ``candle.``, ``signal.``, ``profile.`` and ``health.`` on the bus,
+It subscribes to ``last_ticks`` (the conflated ticks), ``candle.``, ``signal.``, ``profile.`` and ``health.`` on the bus,
 keeps the day's snapshot in memory (see :mod:`api.hub`), keeps the execution blotter from
 ``risk.``, ``order.``, ``fill.``, ``position.`` and ``event.`` (see :mod:`api.blotter`) and publishes its own
 ``health.api`` once a second. Status ``starting`` becomes ``ready`` only after a probe
@@ -19,6 +19,9 @@ Endpoints (prices rupees, ``ts`` epoch ms UTC; the page displays IST):
 ``GET /api/snapshot``               the snapshot frame described in :mod:`api.hub`
 ``GET /api/candles?instrument_key=K`` ``{"instrument_key":K,"interval":"1m","candles":[Candle...]}``
                                     (404 for an instrument never seen and not on the watchlist)
+``GET /api/instruments``            ``{"instruments":[{instrument_key, kind, underlying, expiry,
+                                    expiry_month, strike, right, label}...]}``: every instrument seen
+                                    or watched, classified by name (``data_handling.instruments.classify``)
 ``GET /console``                    the research SQL console (``frontend/console.html``, ``console.js``)
 ``POST /api/sql``                   ``{"sql", "params"?, "timeout_s"?}`` (application/json) -> the first
                                     5,000 rows as ``{"columns", "rows", "row_count", "truncated", ...}``,
@@ -38,6 +41,10 @@ Endpoints (prices rupees, ``ts`` epoch ms UTC; the page displays IST):
                                     all) and is answered with a fresh, filtered snapshot;
                                     ``{"snapshot":true}`` asks for a fresh snapshot. Anything else
                                     is logged and ignored; the connection stays open.
+``GET /api/history/days``           the recorded IST trading days, their instruments and tick counts
+``WS  /ws/history``                 replay one recorded day of one instrument to this client at 1, 10,
+                                    60, 300x or flat out (see :mod:`api.history`; read through the
+                                    ingestor's query service, never the DuckDB file)
 
 Each WebSocket client has its own sender task and bounded queue (:data:`api.hub.MAX_PENDING`
 batches): a slow client gets several batches merged into one frame, and one that falls
@@ -78,6 +85,7 @@ from fastapi.responses import FileResponse, Response  # noqa: E402
 
 from api.blotter import Blotter, backfill as blotter_backfill  # noqa: E402
 from api.hub import Client, Hub, now_ms  # noqa: E402
+from api import history as history_mod  # noqa: E402
 from scripts import service  # noqa: E402
 from trading_core import bus as bus_mod, logs, messages as m, settings as settings_mod  # noqa: E402
 
@@ -90,19 +98,35 @@ PAGE_FILES = {"index.html": "text/html; charset=utf-8",
               "console.js": "text/javascript; charset=utf-8",
               "blotter.js": "text/javascript; charset=utf-8",       # the execution blotter (issue 6)
               "strategies.js": "text/javascript; charset=utf-8",    # the strategies panel (issue 5)
-              "tpo.js": "text/javascript; charset=utf-8"}           # the TPO profile panel (issue 8)
+              "tpo.js": "text/javascript; charset=utf-8",           # the TPO profile panel (issue 8)
+              "options.js": "text/javascript; charset=utf-8",       # option premium charts (issue 8)
+              "history.js": "text/javascript; charset=utf-8"}       # History mode (api/history.py)
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 BATCH_S = 0.1               # WebSocket batch period
 HEALTH_S = 1.0              # health.api period
 ABORT_AFTER_S = 0.4         # on shutdown, connections still open after this are aborted
 DRAIN_MAX = 5000            # bus frames handled per event-loop turn
-SUBSCRIPTIONS = ("tick.", "candle.", "signal.", "profile.", "risk.", "order.", "fill.", "position.",
+# Ticks arrive conflated (messages.LastTicks): every print of a busy F&O day would cost this
+# process a core at full replay speed for prices nobody can read at that rate.
+SUBSCRIPTIONS = (m.LAST_TICKS, "candle.", "signal.", "profile.", "risk.", "order.", "fill.", "position.",
                  "event.", "health.")   # health last: see _probe
 
 log = logging.getLogger("api")
 STRATEGY_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")      # configs/strategies.schema.json
 _json = msgspec.json.Encoder().encode
+
+
+class _CountedPub(zmq.Socket):
+    """A plain PUB socket that counts the frames it sent (``published``), so ``health.api`` carries
+    the API's bus rates like every other service (see :class:`scripts.service.BusRates`)."""
+
+    published = 0
+
+    def send(self, data, flags=0, copy=True, track=False, **kwargs):
+        sent = super().send(data, flags, copy=copy, track=track, **kwargs)
+        self.published += 1
+        return sent
 
 
 class _Pub:
@@ -133,7 +157,7 @@ class BusBridge:
         # Draining is done on a blocking shadow of the same socket: one await per burst of
         # frames instead of one Future per frame.
         self.sub_sync = zmq.Socket.shadow(self.sub.underlying)
-        self.pub = zmq.Socket(self.ctx, zmq.PUB)   # plain socket: PUB sends never block
+        self.pub = _CountedPub(self.ctx, zmq.PUB)  # plain socket: PUB sends never block
         self.pub.setsockopt(zmq.SNDHWM, bus_mod.HWM)
         self.pub.setsockopt(zmq.LINGER, 500)
         self.sub.connect(settings.bus_sub)        # raises zmq.ZMQError on a malformed endpoint
@@ -142,7 +166,8 @@ class BusBridge:
             self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self.probe_topic = f"{bus_mod.PROBE_PREFIX}api.{os.getpid()}.{uuid.uuid4().hex[:8]}".encode()
         hub.probe_topic = self.probe_topic
-        self.reporter = service.HealthReporter(_Pub(self.pub), "api", HEALTH_S)  # type: ignore[arg-type]
+        self.reporter = service.HealthReporter(_Pub(self.pub), "api", HEALTH_S,  # type: ignore[arg-type]
+                                               bus_counts=lambda: (self.pub.published, hub.msgs_in))
         self.status = "starting"
         self.ready_at = 0.0
         self._tasks: list[asyncio.Task] = []
@@ -234,7 +259,8 @@ class BusBridge:
 
     def own_health(self) -> dict[str, Any]:
         return {"type": "health", "v": m.SCHEMA_VERSION, "service": "api", "pid": os.getpid(),
-                "status": self.status, "ts": now_ms(), "details": self.details()}
+                "status": self.status, "ts": now_ms(),
+                "details": {**self.reporter.rates.last, **self.details()}}
 
     async def start(self) -> None:
         for coro in (self._reader(), self._flusher(), self._probe(), self._health(),
@@ -289,6 +315,12 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
         return Response(_json({"instrument_key": instrument_key, "interval": "1m", "candles": bars}),
                         media_type="application/json", headers=NO_CACHE)
 
+    @app.get("/api/instruments")
+    async def instruments() -> Response:
+        from data_handling.instruments import classify
+        return Response(_json({"instruments": [classify(k).as_json() for k in hub.store.instruments]}),
+                        media_type="application/json", headers=NO_CACHE)
+
     # The page's own files: each name in PAGE_FILES at /<name>, plus "/" and "/console". Only
     # these are served, never the rest of frontend/.
     def page_route(name: str):
@@ -299,6 +331,9 @@ def create_app(settings: settings_mod.Settings, bridge: BusBridge) -> FastAPI:
     for path, name in [("/", "index.html"), ("/console", "console.html"),
                        *((f"/{n}", n) for n in PAGE_FILES)]:
         app.add_api_route(path, page_route(name), methods=["GET"])
+
+    # --- History mode: GET /api/history/days and WS /ws/history (api/history.py) -------------
+    history_mod.install(app, settings)
 
     # --- research SQL console (scripts/research.py: read-only, time and row limits) ---------
 

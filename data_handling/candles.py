@@ -106,26 +106,29 @@ class CandleBuilder:
         (returned) and starts a new one. A tick of an earlier (already closed) bucket is
         counted in ``self.late`` and ignored.
         """
+        return self.update_print(tick.instrument_key, tick.ts, tick.ltp, tick.ltq, tick.oi)
+
+    def update_print(self, key: str, ts: int, ltp: float, ltq: int, oi: float) -> list[Candle]:
+        """:meth:`update` from the fields of a tick (instrument_key, ts epoch ms UTC, LTP
+        rupees, LTQ units, OI units), for feeds that carry ticks as columns."""
         o, n = self.origin_ms, self.interval_ms
-        b = o + (tick.ts - o) // n * n
-        key = tick.instrument_key
+        b = o + (ts - o) // n * n
         s = self._state.get(key)
-        p = tick.ltp
         if s is not None:
             if b == s[0] and s[8]:
-                if p > s[2]:
-                    s[2] = p
-                elif p < s[3]:
-                    s[3] = p
-                s[4] = p
-                s[5] += tick.ltq
-                s[6] = tick.oi
+                if ltp > s[2]:
+                    s[2] = ltp
+                elif ltp < s[3]:
+                    s[3] = ltp
+                s[4] = ltp
+                s[5] += ltq
+                s[6] = oi
                 s[7] += 1
                 return []
             if b <= s[0]:
                 self.late += 1
                 return []
-        self._state[key] = [b, p, p, p, p, tick.ltq, tick.oi, 1, True]
+        self._state[key] = [b, ltp, ltp, ltp, ltp, ltq, oi, 1, True]
         if s is not None and s[8]:
             return [self._candle(key, s, True)]
         return []

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from dataclasses import dataclass
 import math
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from data_handling.instruments import instrument_key, tick_file_key
-from trading_core.messages import Tick
+from trading_core.messages import Tick, tick_frames
 
 IST_OFFSET_MS = (5 * 60 + 30) * 60_000
 """IST - UTC in milliseconds (India has no DST)."""
@@ -600,81 +601,121 @@ class ReplaySource:
     def ticks(self, start_seq: int = 0) -> Iterator[Tick]:
         """Iterate the ticks from ``seq == start_seq`` on (to resume a restarted ingestor).
 
-        Yields :class:`Tick` with ``source="replay"`` and ``seq`` set. With ``speed > 0``
-        the iterator sleeps ``gap / speed`` between ticks of different timestamps (``gap``
-        = market-time difference; gaps over ``max_gap_ms`` count as 0), keeping to a
-        schedule measured on ``time.monotonic`` and sleeping only once at least 2 ms ahead.
+        Yields :class:`Tick` with ``source="replay"`` and ``seq`` set, paced as
+        :meth:`batches` paces them. Raises ``ValueError`` if ``start_seq`` is not in
+        ``0..len(self)``.
+        """
+        batches = self.batches(start_seq, frames=False)
+        return (tick for batch in batches for tick in batch.ticks())
+
+    def batches(self, start_seq: int = 0, rows: int = CHUNK, frames: bool = True) -> Iterator["TickBatch"]:
+        """Iterate the ticks from ``seq == start_seq`` on as :class:`TickBatch` runs of
+        consecutive ticks, each with its bus frames (``frames=True``) built column-wise
+        (:func:`trading_core.messages.tick_frames`).
+
+        ``speed == 0`` and ``rate == 0``: batches of ``rows`` ticks, never sleeping. Otherwise
+        each tick has a due time after the first (``rate``: ``i / rate`` seconds; ``speed``:
+        the market-time gap since the previous tick ``/ speed``, gaps over ``max_gap_ms``
+        counting as 0); the iterator sleeps only once it is at least
+        :data:`SLEEP_QUANTUM_S` ahead, and each batch holds the ticks due by then. The
+        schedule is kept on ``time.monotonic`` (or, with an injected fake sleep, on the sum
+        of the sleeps asked for), so a slow consumer catches up rather than drifting.
         Raises ``ValueError`` if ``start_seq`` is not in ``0..len(self)``.
         """
         n = len(self)
         if not (isinstance(start_seq, (int, np.integer)) and 0 <= start_seq <= n):
             raise ValueError(f"start_seq must be in 0..{n}, got {start_seq!r}")
-        if self.rate > 0:
-            return self._rated(int(start_seq))
-        if self.speed > 0:
-            return self._paced(int(start_seq))
-        return self._fast(int(start_seq))
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows!r}")
+        return self._batches(int(start_seq), rows, frames)
 
-    def _chunks(self, start: int) -> Iterator[tuple[int, zip]]:
-        keys = self._keys
-        for lo in range(start, len(self), CHUNK):
-            hi = min(lo + CHUNK, len(self))
-            names = [keys[c] for c in self._codes[lo:hi].tolist()]
-            yield lo, zip(
-                names,
-                self._ts[lo:hi].tolist(),
-                self._ltp[lo:hi].tolist(),
-                self._ltq[lo:hi].tolist(),
-                self._oi[lo:hi].tolist(),
-            )
-
-    def _fast(self, start: int) -> Iterator[Tick]:
-        for seq, rows in self._chunks(start):
-            for key, ts, ltp, ltq, oi in rows:
-                yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
-                seq += 1
-
-    def _paced(self, start: int) -> Iterator[Tick]:
+    def _batches(self, start: int, rows: int, frames: bool) -> Iterator["TickBatch"]:
+        n = len(self)
+        due = self._due_s(start)
+        if due is None:
+            for lo in range(start, n, rows):
+                yield self._batch(lo, min(lo + rows, n), frames)
+            return
         sleep, clock = self._sleep, time.monotonic
-        per_ms = 1.0 / (self.speed * 1000.0)  # wall seconds per market millisecond
-        max_gap = self.max_gap_ms
-        due = 0.0  # wall seconds after t0 at which the current tick is due
-        slept = 0.0  # total seconds asked of sleep(); a fake sleep advances no clock
-        t0 = None
-        prev = None
-        for seq, rows in self._chunks(start):
-            for key, ts, ltp, ltq, oi in rows:
-                if prev is None:
-                    t0 = clock()
-                elif ts != prev:
-                    gap = ts - prev
-                    if 0 < gap <= max_gap:
-                        due += gap * per_ms
-                    # Time spent so far: the wall clock, but at least what sleep() was
-                    # asked for (an injected fake sleep advances no clock). Measuring it,
-                    # rather than summing gaps, keeps slow consumers and oversleeps on schedule.
-                    ahead = due - max(clock() - t0, slept)
-                    if ahead > SLEEP_QUANTUM_S:
-                        sleep(ahead)
-                        slept += ahead
-                prev = ts
-                yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
-                seq += 1
-
-    def _rated(self, start: int) -> Iterator[Tick]:
-        # Constant ticks per second, whatever the market times: for load tests. Tick i is due
-        # i / rate seconds after the first; sleep once at least SLEEP_QUANTUM_S ahead.
-        sleep, clock = self._sleep, time.monotonic
-        interval = 1.0 / self.rate
         t0 = clock()
-        slept = 0.0
-        i = 0
-        for seq, rows in self._chunks(start):
-            for key, ts, ltp, ltq, oi in rows:
-                ahead = i * interval - max(clock() - t0, slept)
+        slept = 0.0              # total seconds asked of sleep(); a fake sleep advances no clock
+        chunk = min(rows, 4_096)  # a paced replay builds frames a little ahead, never far
+        for lo in range(start, n, chunk):
+            hi = min(lo + chunk, n)
+            batch = self._batch(lo, hi, frames)
+            d = due[lo - start:hi - start]
+            j = 0
+            while j < len(d):
+                ahead = d[j] - max(clock() - t0, slept)
                 if ahead > SLEEP_QUANTUM_S:
                     sleep(ahead)
                     slept += ahead
-                yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
-                seq += 1
-                i += 1
+                now = max(clock() - t0, slept)
+                k = max(int(np.searchsorted(d, now + SLEEP_QUANTUM_S, side="right")), j + 1)
+                yield batch if (j, k) == (0, len(d)) else batch.slice(j, k)
+                j = k
+
+    def _due_s(self, start: int) -> np.ndarray | None:
+        """Seconds after the first replayed tick at which each tick from ``start`` is due;
+        None when the replay is not paced."""
+        count = len(self) - start
+        if self.rate > 0:
+            return np.arange(count, dtype=np.float64) / self.rate
+        if self.speed > 0:
+            gaps = np.diff(self._ts[start:], prepend=self._ts[start] if count else 0)
+            gaps = np.where((gaps > 0) & (gaps <= self.max_gap_ms), gaps, 0)
+            return np.cumsum(gaps, dtype=np.float64) / (self.speed * 1000.0)
+        return None
+
+    def _batch(self, lo: int, hi: int, frames: bool) -> "TickBatch":
+        part = self._df.slice(lo, hi - lo)
+        return TickBatch(
+            first_seq=lo,
+            keys=[self._keys[c] for c in self._codes[lo:hi].tolist()],
+            ts=self._ts[lo:hi].tolist(),
+            ltp=self._ltp[lo:hi].tolist(),
+            ltq=self._ltq[lo:hi].tolist(),
+            oi=self._oi[lo:hi].tolist(),
+            frames=tick_frames(part, "replay") if frames else None,
+            table=part,
+        )
+
+
+@dataclass(slots=True)
+class TickBatch:
+    """A run of consecutive replayed ticks held as columns: ``keys`` (instrument_key),
+    ``ts`` (epoch ms UTC), ``ltp`` (rupees), ``ltq`` (units), ``oi`` (units), equal-length
+    lists; the ticks' ``seq`` run from ``first_seq``. ``frames``: their bus frames
+    (``topic\\0json``, one per tick) or None. ``table``: the same rows as a polars frame with
+    :data:`FRAME_COLUMNS`, for writing to DuckDB without a Python object per tick."""
+
+    first_seq: int
+    keys: list[str]
+    ts: list[int]
+    ltp: list[float]
+    ltq: list[int]
+    oi: list[float]
+    frames: list[bytes] | None
+    table: pl.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def last_seq(self) -> int:
+        """``seq`` of the batch's last tick."""
+        return self.first_seq + len(self.ts) - 1
+
+    def ticks(self) -> Iterator[Tick]:
+        """The batch as :class:`Tick` messages (``source="replay"``)."""
+        seq = self.first_seq
+        for key, ts, ltp, ltq, oi in zip(self.keys, self.ts, self.ltp, self.ltq, self.oi):
+            yield Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
+            seq += 1
+
+    def slice(self, lo: int, hi: int) -> "TickBatch":
+        """Rows ``lo:hi`` of the batch (the table slice shares memory with the batch's)."""
+        return TickBatch(self.first_seq + lo, self.keys[lo:hi], self.ts[lo:hi], self.ltp[lo:hi],
+                         self.ltq[lo:hi], self.oi[lo:hi],
+                         self.frames[lo:hi] if self.frames is not None else None,
+                         self.table.slice(lo, hi - lo))

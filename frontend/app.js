@@ -47,6 +47,7 @@
     lastTickRx: 0,          // Date.now() of the last tick that arrived live (0: none yet)
     connectedAt: 0,
     connected: false,
+    history: null,          // frontend/history.js: {date, instrument_key, speed, label} while a recorded day is shown
   };
 
   // --- chart ------------------------------------------------------------------------------
@@ -391,6 +392,8 @@
     redraw(true);
     renderQuote();
     renderSignals();        // re-marks the rows of the selected instrument
+    sendSubscribe(false);
+    document.dispatchEvent(new CustomEvent('amt:selected'));
   }
 
   $('instrument').addEventListener('change', (e) => selectInstrument(e.target.value));
@@ -462,9 +465,18 @@
         parts.push(['muted rates', `${fmtRate(r.tps)} ticks/s · DuckDB ${fmtRate(r.wps)} rows/s` +
                                    (last ? ` · last tick ${fmtAge(now - last)} ago` : '')]);
       }
+      const d = h.details || {};
+      if (typeof d.bus_out_per_s === 'number') {        // every service's bus frames/s (scripts/service.py)
+        parts.push(['bus', `↑${fmtRate(d.bus_out_per_s)} ↓${fmtRate(d.bus_in_per_s)}`]);
+      }
       for (const [cls, text] of parts) {
         const s = document.createElement('span');
         s.className = cls; s.textContent = text;
+        if (cls === 'bus') {
+          s.dataset.out = h.details.bus_out_per_s; s.dataset.in = h.details.bus_in_per_s;
+          s.title = `bus frames/s: ↑ ${h.details.bus_out_per_s} published, ↓ ${h.details.bus_in_per_s} received`
+            + ` (totals ${h.details.bus_out} / ${h.details.bus_in})`;
+        }
         el.appendChild(s);
       }
       el.title = JSON.stringify(h.details || {}, null, 1);
@@ -485,7 +497,7 @@
       html = !attempt ? 'Connecting to the API…'
         : everConnected ? `Connection to the API lost — ${retry}. Data shown may be out of date.`
         : `Cannot reach the API at ${location.host} — ${retry}. Is it running?`;
-    } else {
+    } else if (!state.history) {            // a replayed day has no live ticks to miss
       const since = state.lastTickRx || state.connectedAt;
       const idle = Date.now() - since;
       if (idle > STALE_TICK_MS) {
@@ -506,11 +518,14 @@
 
   function renderConn() {
     $('conn-dot').className = 'dot ' + (state.connected ? 'ok' : 'bad');
-    $('conn-text').textContent = state.connected ? 'live' : 'offline';
+    // in History mode (frontend/history.js) the header names the replayed day, never "live"
+    $('conn-text').textContent = state.history ? state.history.label : state.connected ? 'live' : 'offline';
+    $('conn-text').classList.toggle('history', !!state.history);
   }
 
   // --- frames -----------------------------------------------------------------------------
   function onSnapshot(s) {
+    if (state.history) return onHeld(s);
     // The snapshot's closed candles win; bars and signals this page already holds are kept
     // (merged by time / identity), so a restarted API - which starts with an empty memory -
     // does not blank a page that has been watching the day.
@@ -539,9 +554,12 @@
     renderQuote();
     renderSignals();
     renderHealth();
+    checkFilter(s);
+    document.dispatchEvent(new CustomEvent('amt:frame', { detail: s }));     // frontend/options.js
   }
 
-  function onBatch(b) {
+  function onBatch(b, replayed) {
+    if (state.history && !replayed) return onHeld(b);
     let ticked = false;
     for (const c of b.candles || []) { noteInstrument(c.instrument_key); applyCandle(c); }
     for (const t of Object.values(b.ticks || {})) { noteInstrument(t.instrument_key); applyTick(t); ticked = true; }
@@ -561,7 +579,71 @@
     let healthChanged = false;
     for (const [svc, h] of Object.entries(b.health || {})) { state.health.set(svc, { h, rx: now }); healthChanged = true; }
     if (healthChanged) renderHealth();
+    if (b.health && b.health.api) checkInstrumentCount(b.health.api);
     renderQuote();
+    document.dispatchEvent(new CustomEvent('amt:frame', { detail: b }));     // frontend/options.js
+  }
+
+  // --- subscription: the server sends this page only the instruments it shows (the chart's and
+  // the option panel's, frontend/options.js) - {"subscribe":[key...]}, see api/hub.py. The
+  // instrument list still grows: the API's health counts the instruments it knows, and when
+  // that passes ours a fresh snapshot (which lists them all) is asked for, at most every 2 s.
+  const extraKeys = new Set();
+  let lastInstrumentRefresh = 0;
+  const wantedKeys = () => Array.from(new Set([state.selected, ...extraKeys].filter(Boolean))).sort();
+  function sendSubscribe(force) {
+    const keys = wantedKeys();
+    if (!ws || ws.readyState !== 1 || !keys.length) return;
+    const text = JSON.stringify({ subscribe: keys });
+    if (!force && text === sendSubscribe.last) return;
+    sendSubscribe.last = text;
+    ws.send(text);
+  }
+  function checkFilter(s) {            // after a snapshot: is the server's filter ours?
+    sendSubscribe.last = null;
+    if (JSON.stringify(s.filter || null) !== JSON.stringify(wantedKeys())) sendSubscribe(true);
+  }
+  function checkInstrumentCount(h) {   // a batch's health.api: does the server know more instruments?
+    const n = h && h.details && h.details.instruments;
+    if (!(n > state.instruments.length) || !ws || ws.readyState !== 1) return;
+    if (Date.now() - lastInstrumentRefresh < 2000) return;
+    lastInstrumentRefresh = Date.now();
+    ws.send(JSON.stringify({ snapshot: true }));
+  }
+  function setExtraInstruments(keys) {
+    extraKeys.clear();
+    for (const k of keys) extraKeys.add(k);
+    sendSubscribe(false);
+  }
+
+  // --- History mode (frontend/history.js) -------------------------------------------------
+  // A recorded day is drawn by the same code as the live stream (its frames go through onBatch),
+  // into fresh containers; the live ones are set aside, live frames meanwhile update only the
+  // health strip, and Back to live puts the live containers back and asks for a fresh snapshot.
+  const VIEW_KEYS = ['bars', 'ticks', 'profiles', 'signals', 'signalIds', 'instruments', 'selected'];
+  let liveView = null;
+  function onHeld(f) {
+    const now = Date.now();
+    for (const [svc, h] of Object.entries(f.health || {})) {
+      state.health.set(svc, { h, rx: now - ((f.health_age_ms || {})[svc] || 0) });
+    }
+    if (Object.keys(f.health || {}).length) renderHealth();
+  }
+  function renderView() {
+    renderInstruments(); redraw(true); renderQuote(); renderSignals(); renderConn(); renderBanner();
+  }
+  function enterHistory(info) {          // info: {date, instrument_key, speed, label}; starts empty
+    if (!liveView) liveView = Object.fromEntries(VIEW_KEYS.map((k) => [k, state[k]]));
+    Object.assign(state, { history: info, bars: new Map(), ticks: new Map(), profiles: new Map(), signals: [],
+                           signalIds: new Set(), instruments: [info.instrument_key], selected: info.instrument_key });
+    renderView();
+  }
+  function exitHistory() {
+    if (!liveView) return;
+    Object.assign(state, liveView, { history: null });
+    liveView = null;
+    renderView();
+    if (ws && ws.readyState === 1) ws.send(JSON.stringify({ snapshot: true }));
   }
 
   // --- connection -------------------------------------------------------------------------
@@ -608,6 +690,8 @@
   window.amt = {
     state, get chart() { return chart; }, get series() { return series; }, get markers() { return markers; },
     setTimeframe, get timeframe() { return timeframe; },
+    setExtraInstruments, get subscribed() { return wantedKeys(); },
+    enterHistory, exitHistory, applyHistory: (frame) => onBatch(frame, true), renderConn,   // frontend/history.js
     priceLines: () => Object.fromEntries(priceLines.map((l) => [l.options().title, l.options().price])),
   };
 

@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -257,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             return None
 
     extra = master_lot if master is not None else None
-    bus = BusClient(settings.bus_pub, settings.bus_sub,
-                    [m.SIGNAL + ".", m.TICK + ".", m.exact(m.control_topic(SERVICE))])
+    bus = BusClient(settings.bus_pub, settings.bus_sub, [m.SIGNAL + ".", m.exact(m.control_topic(SERVICE))])
     engine = ExecutionEngine(RiskBook(risk_config(settings, extra)), paper, client, bus.publish,
                              watch=watched(settings), max_signal_delay_ms=int(settings.max_signal_delay_s * 1000))
+    ticks = TickSubscriptions(bus)
+    ticks.follow(engine.watch)
     health = service.HealthReporter(bus, SERVICE)
     if not bus.wait_ready(15):
         log.warning("bus at %s did not answer within 15 s", settings.bus_pub)
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     status = "ready"
     health.send(status, phase="recovering", **engine.status())
     summary = recover(engine, settings, log, started_ms, stopping)
+    ticks.follow([p.instrument_key for p in engine.book.open.values()]
+                 + [e.order.instrument_key for e in engine.entries.values()])
     event("started", rules, client=client.name)
     if client.name != "paper":
         event("live_confirmed", "LIVE TRADING: orders go to Upstox", client=client.name)
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         n = 0
         while frame is not None:
             try:
-                handle(frame, engine, bus, event, log)
+                handle(frame, engine, bus, event, log, ticks)
             except Exception:  # noqa: BLE001 - one bad message must not stop trading
                 errors += 1
                 log.exception("failed on %r", frame[:120])
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             if mtime != watch_mtime:
                 watch_mtime = mtime
                 engine.watch = watched(settings)
+                ticks.follow(engine.watch)
         if time.monotonic() >= health_due:
             health_due = time.monotonic() + 1.0
             health.send(status, errors=errors, **engine.status())
@@ -343,7 +347,36 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def handle(frame: bytes, engine: ExecutionEngine, bus: BusClient, event, log) -> None:
+class TickSubscriptions:
+    """The ticks this service takes from the bus: those of the watched instruments (every
+    strategy's, :func:`watched`), and of any instrument a signal names; every tick when the
+    strategies file cannot be read (``watch`` None). Taking only these, rather than every
+    tick, spares the service the decoding of a whole option chain it never trades (at full
+    replay speed of a busy F&O day that was a core's worth of CPU). An instrument first named
+    by a signal (the strategies file changed and was not yet re-read) is subscribed at that
+    moment, so its fill waits for the next tick that arrives after the subscription."""
+
+    def __init__(self, bus: BusClient):
+        self.bus = bus
+        self.keys: set[str] = set()
+        self.every = False
+
+    def follow(self, keys: Iterable[str] | None) -> None:
+        """Subscribe to the ticks of ``keys`` (instrument keys) too; None = every tick."""
+        if self.every:
+            return
+        if keys is None:
+            self.bus.subscribe(m.TICK + ".")
+            self.every = True
+            return
+        for key in keys:
+            if key not in self.keys:
+                self.bus.subscribe(m.exact(m.tick_topic(key)))
+                self.keys.add(key)
+
+
+def handle(frame: bytes, engine: ExecutionEngine, bus: BusClient, event, log,
+           ticks: TickSubscriptions | None = None) -> None:
     """Dispatch one bus frame: a tick, a signal or a control command."""
     sep = frame.find(m.SEPARATOR)
     if frame.startswith(b"tick."):
@@ -354,6 +387,8 @@ def handle(frame: bytes, engine: ExecutionEngine, bus: BusClient, event, log) ->
         return
     _, msg = m.decode(frame)
     if isinstance(msg, m.Signal):
+        if ticks is not None:
+            ticks.follow([msg.instrument_key])
         d = engine.on_signal(msg)
         log.info("%s %s %s %s: %s", msg.strategy, msg.side, msg.instrument_key,
                  "APPROVED" if d.approved else f"REJECTED ({d.rule})", d.reason)

@@ -1,5 +1,7 @@
 """The ingestor: takes ticks from a feed source, publishes each on the bus, builds 1-minute
-candles, and persists both to DuckDB in Arrow batches.
+candles, and persists both to DuckDB in Arrow batches. About ten times a second it also
+publishes the last tick of each instrument that printed (``last_ticks``, for the API: a
+browser shows prices, it does not need every print).
 
 Feeds: ``--replay PATH`` (recorded files, see ``data_handling/replay.py``), the seeded
 simulator (default when no access token is configured), or the Upstox live feed
@@ -232,10 +234,55 @@ def main(argv: list[str] | None = None) -> int:
     encode = m.encode
     tick_topic = m.tick_topic
     seq_offset = start_seq if feed in ("sim", "upstox") else 0
-    ticks = source.ticks(start_seq) if feed == "replay" else source.ticks()
     probe = LatencyProbe.from_env()
-    if probe:
-        ticks = probe.wrap(ticks)
+    if feed == "replay":
+        items = source.batches(start_seq)           # columns and pre-built frames: see on_batch
+    else:
+        items = probe.wrap(source.ticks()) if probe else source.ticks()
+
+    def on_candles(candles) -> None:
+        for candle in candles:
+            publish(encode(m.candle_topic(candle.instrument_key), candle))
+            writer.add_candle(candle)
+            counters.candles += 1
+
+    last_frames: dict[str, bytes] = {}              # instrument -> its last tick frame, for LastTicks
+
+    def publish_last_ticks() -> None:
+        if last_frames:
+            publish(m.last_ticks_frame(last_frames.items()))
+            last_frames.clear()
+
+    def on_tick(tick: m.Tick) -> None:
+        if seq_offset:
+            tick.seq += seq_offset
+        frame = encode(tick_topic(tick.instrument_key), tick)
+        publish(frame)
+        last_frames[tick.instrument_key] = frame
+        writer.add_tick(tick)
+        profiles.on_tick(tick)
+        if closed := builder.update(tick):
+            on_candles(closed)
+        counters.published += 1
+        counters.last_tick_ts = tick.ts
+
+    def on_batch(batch) -> None:
+        """A replay's run of ticks: the same work as on_tick, without a message object per
+        tick (frames built column-wise, rows stored as a table): the ingestor's hot loop at
+        full replay speed (benchmarks/bench_system.py)."""
+        if probe:
+            probe.stamp_batch(batch.first_seq, len(batch))
+        update, on_print, last = builder.update_print, profiles.on_print, last_frames
+        for frame, key, ts, ltp, ltq, oi in zip(batch.frames, batch.keys, batch.ts, batch.ltp,
+                                                batch.ltq, batch.oi):
+            publish(frame)
+            last[key] = frame
+            on_print(key, ts, ltp, ltq)
+            if closed := update(key, ts, ltp, ltq, oi):
+                on_candles(closed)
+        writer.add_tick_table(batch.table)
+        counters.published += len(batch)
+        counters.last_tick_ts = batch.ts[-1]
 
     def feed_event(item) -> None:
         """A live feed's item that is not a tick: publish a market status; store a gap's backfill
@@ -251,35 +298,27 @@ def main(argv: list[str] | None = None) -> int:
         writer.maybe_handover()                     # a quiet feed still flushes its last ticks
 
     try:
-        for tick in ticks:
+        for item in items:
             if stopping.is_set():
                 break
-            if tick.__class__ is not m.Tick:        # upstox: market status, gap backfill, idle
-                feed_event(tick)
+            if feed == "replay":
+                on_batch(item)
+            elif item.__class__ is m.Tick:
+                on_tick(item)
+            else:                                   # upstox: market status, gap backfill, idle
+                feed_event(item)
                 continue
-            if seq_offset:
-                tick.seq += seq_offset
-            publish(encode(tick_topic(tick.instrument_key), tick))
-            writer.add_tick(tick)
-            profiles.on_tick(tick)
-            for candle in builder.update(tick):
-                publish(encode(m.candle_topic(candle.instrument_key), candle))
-                writer.add_candle(candle)
-                counters.candles += 1
-            counters.published += 1
-            counters.last_tick_ts = tick.ts
             if not counters.first_tick_ts:
-                counters.first_tick_ts = tick.ts
+                counters.first_tick_ts = counters.last_tick_ts
             if (now := monotonic()) >= housekeeping_due:
                 housekeeping_due = now + 0.1
                 counters.last_tick_wall_ms = int(time.time() * 1000)
                 writer.maybe_handover()
                 profiles.publish_due(counters.last_tick_wall_ms)
+                publish_last_ticks()
         else:
-            for candle in builder.flush():
-                publish(encode(m.candle_topic(candle.instrument_key), candle))
-                writer.add_candle(candle)
-                counters.candles += 1
+            on_candles(builder.flush())
+            publish_last_ticks()
             writer.handover()
             profiles.publish_due(force=True)
             if feed == "replay":

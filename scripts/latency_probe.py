@@ -38,19 +38,28 @@ class LatencyProbe:
 
     def wrap(self, ticks: Iterable) -> Iterator:
         """Yield the items of ``ticks`` unchanged, stamping those with a ``seq`` (ticks)."""
-        clock = time.time_ns
         for item in ticks:
             seq = getattr(item, "seq", None)
             if seq is not None:
-                if self._n == _BLOCK:
-                    self._blocks.append(self._current)
-                    self._current = np.empty((_BLOCK, 2), dtype=np.int64)
-                    self._n = 0
-                row = self._current[self._n]
-                row[0] = seq
-                row[1] = clock()
-                self._n += 1
+                self.stamp_batch(seq, 1)
             yield item
+
+    def stamp_batch(self, first_seq: int, count: int) -> None:
+        """Stamp ``count`` ticks with consecutive ``seq`` from ``first_seq``, all taken from the
+        feed now (a replay hands the ingestor the ticks due within 2 ms as one batch)."""
+        now = time.time_ns()
+        while count:
+            if self._n == _BLOCK:
+                self._blocks.append(self._current)
+                self._current = np.empty((_BLOCK, 2), dtype=np.int64)
+                self._n = 0
+            take = min(count, _BLOCK - self._n)
+            rows = self._current[self._n:self._n + take]
+            rows[:, 0] = np.arange(first_seq, first_seq + take)
+            rows[:, 1] = now
+            self._n += take
+            first_seq += take
+            count -= take
 
     def dump(self) -> Path:
         """Write every stamp so far to ``DIR/ingestor_recv.npy`` (atomically); return the path."""

@@ -53,7 +53,11 @@ class ProfileFeed:
 
     def on_tick(self, tick: m.Tick) -> None:
         """Feed one tick (LTQ as its volume) to its instrument's engine."""
-        key = tick.instrument_key
+        self.on_print(tick.instrument_key, tick.ts, tick.ltp, tick.ltq)
+
+    def on_print(self, key: str, ts: int, ltp: float, ltq: int) -> None:
+        """:meth:`on_tick` from a tick's fields (instrument_key, ts epoch ms UTC, LTP rupees,
+        LTQ units), for feeds that carry ticks as columns."""
         engine = self.engines.get(key)
         if engine is None:
             if key in self._skip:
@@ -61,9 +65,9 @@ class ProfileFeed:
             if not wants_profile(key):
                 self._skip.add(key)
                 return
-            engine = self.engines[key] = LiveAuctionEngine(key, config_for_live(key, tick.ltp))
+            engine = self.engines[key] = LiveAuctionEngine(key, config_for_live(key, ltp))
             self.throttles[key] = PublishThrottle(self.min_interval_ms)
-        engine.on_tick(tick.ts, tick.ltp, tick.ltq)
+        engine.on_tick(ts, ltp, ltq)
         self._dirty.add(key)
 
     def publish_due(self, now_ms: int | None = None, force: bool = False) -> int:

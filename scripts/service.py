@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import psutil
 
-from trading_core import messages as m
+from trading_core import bus as bus_mod, messages as m
 from trading_core.bus import BusClient, now_ms
 
 # Exit code of a service that must not be restarted: its configuration is wrong
@@ -48,10 +48,55 @@ def stop_on_signals(on_stop: Callable[[], None]) -> threading.Event:
     return stopping
 
 
-class HealthReporter:
-    """Publishes ``health.<service>`` at most once per ``interval_s`` when :meth:`maybe_send` is called."""
+class BusRates:
+    """Bus frames per second of this process, from cumulative counters, for health reports.
 
-    def __init__(self, bus: BusClient, service: str, interval_s: float = 1.0):
+    ``counts``: a function returning cumulative ``(published, received)`` frames; default
+    :func:`trading_core.bus.process_totals` (every :class:`BusClient` of the process, whichever
+    thread owns it). :meth:`sample` returns ``{"bus_out_per_s", "bus_in_per_s"}`` (frames per
+    second since the previous sample, or since construction for the first; 1 decimal) and the
+    totals ``{"bus_out", "bus_in"}``. A counter that went backwards (a client garbage collected
+    unclosed) gives a rate of 0, not a negative one. ``last``: the latest sample ({} before the
+    first), for a report built elsewhere without taking a new sample.
+    """
+
+    def __init__(self, counts: Callable[[], tuple[int, int]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.counts = counts or bus_mod.process_totals
+        self.clock = clock
+        self._t = clock()
+        self._out, self._in = self.counts()
+        self.last: dict[str, float | int] = {}
+
+    def sample(self) -> dict[str, float | int]:
+        """Rates since the last call (see the class doc); cheap (a few integer reads)."""
+        t = self.clock()
+        out, inn = self.counts()
+        dt = t - self._t
+        if dt > 0:
+            out_rate = max(0, out - self._out) / dt
+            in_rate = max(0, inn - self._in) / dt
+        else:
+            out_rate = in_rate = 0.0
+        self._t, self._out, self._in = t, out, inn
+        self.last = {"bus_out_per_s": round(out_rate, 1), "bus_in_per_s": round(in_rate, 1),
+                     "bus_out": out, "bus_in": inn}
+        return self.last
+
+
+class HealthReporter:
+    """Publishes ``health.<service>`` at most once per ``interval_s`` when :meth:`maybe_send` is called.
+
+    Every report's details carry ``cpu_percent``, ``rss_bytes`` (bytes) and the process's bus
+    traffic from :class:`BusRates` (``bus_out_per_s``, ``bus_in_per_s``: frames per second since
+    the previous report; ``bus_out``, ``bus_in``: totals). ``bus_counts``: where the traffic is
+    counted, a function returning cumulative ``(published, received)`` frames; default every
+    :class:`trading_core.bus.BusClient` of this process (so a service whose threads each own a
+    client, like the ingestor, reports them all without passing anything).
+    """
+
+    def __init__(self, bus: BusClient, service: str, interval_s: float = 1.0,
+                 bus_counts: Callable[[], tuple[int, int]] | None = None):
         self.bus = bus
         self.service = service
         self.interval_s = interval_s
@@ -59,13 +104,16 @@ class HealthReporter:
         self._last = 0.0
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
+        self.rates = BusRates(bus_counts)
 
     def send(self, status: str | None = None, **details: Any) -> None:
-        """Publish now, with CPU %, RSS (bytes) and ``details``."""
+        """Publish now, with CPU %, RSS (bytes), bus rates and ``details``."""
         if status:
             self.status = status
         details.setdefault("cpu_percent", self._proc.cpu_percent(None))
         details.setdefault("rss_bytes", self._proc.memory_info().rss)
+        for key, value in self.rates.sample().items():
+            details.setdefault(key, value)
         self.bus.publish(m.health_topic(self.service),
                          m.Health(service=self.service, pid=os.getpid(), status=self.status,
                                   ts=now_ms(), details=details))

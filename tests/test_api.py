@@ -109,6 +109,11 @@ def tick(key: str, i: int, ltp: float) -> m.Tick:
     return m.Tick(instrument_key=key, ts=SESSION_OPEN + 120_000 + i * 10, ltp=ltp, seq=i, source="test")
 
 
+def publish_tick(bus, t: m.Tick) -> None:
+    """Publish ``t`` as the ingestor hands ticks to the API: in a conflated ``last_ticks`` frame."""
+    bus.publish_raw(m.last_ticks_frame([(t.instrument_key, m.encode(m.tick_topic(t.instrument_key), t))]))
+
+
 def candle(key: str, minute: int, close: float) -> m.Candle:
     return m.Candle(instrument_key=key, interval="1m", ts=SESSION_OPEN + minute * 60_000, open=close - 3,
                     high=close + 4, low=close - 5, close=close, volume=0, ticks=60)
@@ -163,8 +168,8 @@ def test_snapshot_batches_coalescing_and_late_client(stack: Stack):
             for minute, close in ((0, 24300.5), (1, 24310.25)):
                 stack.bus.publish(m.candle_topic(NIFTY), candle(NIFTY, minute, close))
             for i in range(200):          # a burst far faster than 100 ms
-                stack.bus.publish(m.tick_topic(NIFTY), tick(NIFTY, i, 24300 + i * 0.05))
-                stack.bus.publish(m.tick_topic(BANK), tick(BANK, i, 52000 + i * 0.05))
+                publish_tick(stack.bus, tick(NIFTY, i, 24300 + i * 0.05))
+                publish_tick(stack.bus, tick(BANK, i, 52000 + i * 0.05))
             sig = m.Signal(strategy="ib_breakout_nifty", instrument_key=NIFTY, side="BUY", entry=24310.0,
                            stop_loss=24290.0, target=24350.0, reason="close above IBH",
                            ts=SESSION_OPEN + 61_000)
@@ -228,8 +233,8 @@ def test_subscribe_filter_and_bad_client_json(stack: Stack):
                     break
             assert snap["filter"] == [BANK] and set(snap["ticks"]) <= {BANK} and NIFTY not in snap["candles"]
             for i in range(300, 320):
-                stack.bus.publish(m.tick_topic(NIFTY), tick(NIFTY, i, 24400.0))
-                stack.bus.publish(m.tick_topic(BANK), tick(BANK, i, 52100.0))
+                publish_tick(stack.bus, tick(NIFTY, i, 24400.0))
+                publish_tick(stack.bus, tick(BANK, i, 52100.0))
             stack.bus.publish(m.candle_topic(NIFTY), candle(NIFTY, 2, 24320.0))
             stack.bus.publish(m.candle_topic(BANK), candle(BANK, 2, 52120.0))
             batches = await collect(ws, lambda bs: any(c["instrument_key"] == BANK
@@ -277,7 +282,7 @@ def test_slow_client_does_not_block_others(stack: Stack):
                 lags = []
                 for i in range(60):
                     sent = time.monotonic()
-                    stack.bus.publish(m.tick_topic(NIFTY), tick(NIFTY, 1000 + i, 24500.0 + i))
+                    publish_tick(stack.bus, tick(NIFTY, 1000 + i, 24500.0 + i))
                     await collect(ws, lambda bs: any(b["ticks"].get(NIFTY, {}).get("seq") == 1000 + i
                                                      for b in bs), timeout=2)
                     lags.append(time.monotonic() - sent)

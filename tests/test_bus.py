@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import zmq
@@ -64,3 +65,116 @@ def test_round_trip_keeps_schema_version_and_types():
 def test_malformed_frames_raise_value_error(frame):
     with pytest.raises(ValueError):
         m.decode(frame)
+
+
+# --- frame counters and the health report's bus rates ----------------------------------------
+
+def test_counters_are_exact_over_a_real_exchange_of_frames(proxy):
+    import gc
+    gc.collect()                       # unclosed clients of earlier tests leave the registry now, not mid-test
+    pub_ep, sub_ep = proxy
+    base = bus.process_totals()
+    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
+    writer = bus.BusClient(pub_ep, sub_ep)
+    assert reader.wait_ready(5) and writer.wait_ready(5)
+    assert (writer.published, writer.received, reader.published, reader.received) == (0, 0, 0, 0), \
+        "wait_ready's probes are not counted"
+    keys = ["NSE_FO|NIFTY22112418300CE", "NSE_FO|NIFTY22112418300PE", "NSE_INDEX|Nifty 50"]
+    sent = []
+    for i in range(300):
+        key = keys[i % 3]
+        t = m.Tick(instrument_key=key, ts=1_668_742_500_000 + i, ltp=100.0 + i, ltq=50, oi=1e6, seq=i)
+        if i % 2:
+            writer.publish(m.tick_topic(key), t)
+        else:
+            writer.publish_raw(m.encode(m.tick_topic(key), t))
+        sent.append(t)
+    writer.publish(m.signal_topic("x"), m.Signal(strategy="x", instrument_key=keys[0], side="BUY", entry=1.0,
+                                                 stop_loss=0.5, target=2.0, reason="not subscribed", ts=1))
+    got = [msg for _, msg in drain(reader)]
+    assert got == sent
+    assert writer.published == 301 and writer.received == 0
+    assert reader.received == 300 and reader.published == 0
+    assert reader.recv(50) is None and reader.received == 300      # a timeout counts nothing
+    assert bus.process_totals() == (base[0] + 301, base[1] + 300)
+    writer.close()
+    reader.close()
+    reader.close()                                                  # twice: counted once
+    assert bus.process_totals() == (base[0] + 301, base[1] + 300), "closed clients stay in the totals"
+
+
+def test_frames_kept_while_waiting_are_counted_when_returned(proxy):
+    pub_ep, sub_ep = proxy
+    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
+    writer = bus.BusClient(pub_ep, sub_ep)
+    try:
+        assert reader.wait_ready(5) and writer.wait_ready(5)
+        t = m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=1, ltp=18417.0, ltq=3750, seq=0)
+        writer.publish(m.tick_topic(t.instrument_key), t)
+        deadline = time.monotonic() + 5
+        while not reader.sub.poll(50) and time.monotonic() < deadline:
+            pass
+        assert reader.wait_ready(5)                 # the tick arrives during this wait: kept in _pending
+        assert reader.received == 0
+        assert reader.recv(1000) == ("tick.NSE_FO|NIFTY-I", t)
+        assert reader.received == 1
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_health_report_carries_the_process_bus_rates(proxy):
+    """Frames published by one client in another thread (as the ingestor's feed thread does) show
+    in the health report sent through a second client, as totals and as a rate over the interval."""
+    from scripts.service import HealthReporter
+    pub_ep, sub_ep = proxy
+    watcher = bus.BusClient(pub_ep, sub_ep, [m.exact(m.health_topic("rates_test"))])
+    health_bus = bus.BusClient(pub_ep, sub_ep)
+    try:
+        assert watcher.wait_ready(5) and health_bus.wait_ready(5)
+        reporter = HealthReporter(health_bus, "rates_test")
+        clock = [100.0]
+        reporter.rates.clock = lambda: clock[0]           # exact rates: a fake clock for the interval
+        reporter.rates.sample()                           # start of the interval at t = 100 s
+        out0, in0 = bus.process_totals()
+
+        def feed() -> None:
+            client = bus.BusClient(pub_ep, sub_ep)
+            for i in range(1000):
+                client.publish_raw(m.encode(m.tick_topic("NSE_FO|NIFTY-I"),
+                                            m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=i, ltp=1.0, seq=i)))
+            client.close()
+
+        th = threading.Thread(target=feed)
+        th.start()
+        th.join(10)
+        clock[0] = 102.0                                  # two seconds later
+        reporter.send("running", custom=1)
+        _, h = watcher.recv(5000)
+        d = h.details
+        assert h.service == "rates_test" and d["custom"] == 1
+        assert d["bus_out"] == out0 + 1000 and d["bus_out_per_s"] == 500.0
+        assert d["bus_in"] == in0 and d["bus_in_per_s"] == 0.0
+        clock[0] = 103.0
+        reporter.send()                                   # the first report's own frame, 1 s later
+        _, h = watcher.recv(5000)
+        assert h.details["bus_out"] == out0 + 1001 and h.details["bus_out_per_s"] == 1.0
+        assert watcher.received == 2
+    finally:
+        watcher.close()
+        health_bus.close()
+
+
+def test_health_reporter_counts_what_it_is_given():
+    """``bus_counts`` replaces the process totals (the API counts its own raw sockets)."""
+    from scripts.service import BusRates
+    counts = [10, 20]
+    clock = [0.0]
+    rates = BusRates(lambda: tuple(counts), clock=lambda: clock[0])
+    counts[:] = [40, 25]
+    clock[0] = 1.5
+    assert rates.sample() == {"bus_out_per_s": 20.0, "bus_in_per_s": 3.3, "bus_out": 40, "bus_in": 25}
+    counts[:] = [30, 25]                                  # a counter going back never gives a negative rate
+    clock[0] = 2.5
+    assert rates.sample()["bus_out_per_s"] == 0.0
+    assert rates.last["bus_out"] == 30

@@ -31,3 +31,15 @@ def test_probe_stamps_every_tick_in_order_and_passes_them_through(shared_data, t
 def test_no_probe_without_the_variable(monkeypatch):
     monkeypatch.delenv("AMT_LATENCY_PROBE", raising=False)
     assert LatencyProbe.from_env() is None
+
+
+def test_batches_are_stamped_like_single_ticks(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("scripts.latency_probe._BLOCK", 1_000)
+    probe = LatencyProbe(tmp_path)
+    src = ReplaySource(FO_TICKS / "Futures", limit=5_000)
+    for batch in src.batches(rows=700):
+        probe.stamp_batch(batch.first_seq, len(batch))
+    stamps = np.load(probe.dump())
+    assert (stamps[:, 0] == np.arange(5_000)).all()
+    assert (np.diff(stamps[:, 1]) >= 0).all()
+    assert len(np.unique(stamps[:, 1])) <= 8           # one time per batch of 700

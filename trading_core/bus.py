@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 import uuid
+import weakref
 from typing import Iterable
 
 import msgspec
@@ -57,11 +59,38 @@ def run_proxy(pub_endpoint: str, sub_endpoint: str, context: zmq.Context | None 
         xpub.close(0)
 
 
+# Every open BusClient of this process, and the frames counted by the ones already closed, so
+# :func:`process_totals` can sum the traffic of a process whose threads each own a client (the
+# ingestor: feed, health, signal and audit recorders). Guarded by _registry_lock; never touched
+# on the publish/receive path.
+_registry: "weakref.WeakSet[BusClient]" = weakref.WeakSet()
+_registry_lock = threading.Lock()
+_closed_totals = [0, 0]          # [published, received] of closed clients
+
+
+def process_totals() -> tuple[int, int]:
+    """Frames ``(published, received)`` by every :class:`BusClient` of this process since it
+    started, closed clients included. Cumulative counts (monotonic, unless a client is garbage
+    collected without :meth:`BusClient.close`, whose frames are then no longer counted).
+    Safe to call from any thread; each client's counters are plain ints read without locking."""
+    with _registry_lock:
+        published, received = _closed_totals
+        for client in list(_registry):
+            published += client.published
+            received += client.received
+    return published, received
+
+
 class BusClient:
     """One service's connection to the bus: a PUB and (if ``subscriptions``) a SUB socket.
 
     ``subscriptions``: topic prefixes (str) or exact-topic bytes from
     :func:`trading_core.messages.exact`. Not thread-safe: use from one thread.
+
+    Counters (ints, cumulative, readable from any thread): ``published``, frames sent by
+    :meth:`publish` / :meth:`publish_raw`; ``received``, frames returned by :meth:`recv_raw` /
+    :meth:`recv`. The probes of :meth:`wait_ready` are not counted. :func:`process_totals`
+    sums them over the process.
     """
 
     def __init__(self, pub_endpoint: str, sub_endpoint: str,
@@ -79,7 +108,11 @@ class BusClient:
         self._poller = zmq.Poller()
         self._poller.register(self.sub, zmq.POLLIN)
         self.published = 0
+        self.received = 0
+        self._closed = False
         self._pending: collections.deque[bytes] = collections.deque()
+        with _registry_lock:
+            _registry.add(self)
 
     def subscribe(self, prefix: str | bytes) -> None:
         """Receive every topic starting with ``prefix``."""
@@ -98,10 +131,13 @@ class BusClient:
     def recv_raw(self, timeout_ms: int | None = None) -> bytes | None:
         """Next frame, or ``None`` after ``timeout_ms`` (``None`` waits forever)."""
         if self._pending:
-            return self._pending.popleft()
-        if timeout_ms is not None and not self._poller.poll(timeout_ms):
+            frame = self._pending.popleft()
+        elif timeout_ms is not None and not self._poller.poll(timeout_ms):
             return None
-        return self.sub.recv(copy=True)
+        else:
+            frame = self.sub.recv(copy=True)
+        self.received += 1
+        return frame
 
     def recv(self, timeout_ms: int | None = None) -> tuple[str, m.AnyMessage] | None:
         """Next decoded ``(topic, message)``, or ``None`` on timeout.
@@ -144,7 +180,14 @@ class BusClient:
             self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     def close(self) -> None:
-        """Close both sockets, waiting up to 2 s for queued messages to leave."""
+        """Close both sockets, waiting up to 2 s for queued messages to leave. Its counters stay
+        in :func:`process_totals`."""
+        with _registry_lock:
+            if not self._closed:
+                self._closed = True
+                _registry.discard(self)
+                _closed_totals[0] += self.published
+                _closed_totals[1] += self.received
         self.pub.close()
         self.sub.close(0)
 

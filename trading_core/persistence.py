@@ -168,6 +168,8 @@ class BatchWriter:
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
         self._ticks = _Columns(TICK_BASE_SCHEMA)
+        self._tables: list = []                         # polars frames from add_tick_table
+        self._table_rows = 0
         self._quotes: list[tuple[int, m.Quote]] = []   # (row in the tick buffer, quote)
         self._candles = _Columns(CANDLE_SCHEMA)
         self._last_seq = -1
@@ -191,6 +193,19 @@ class BatchWriter:
         if len(c[0]) >= self.max_rows:
             self.handover()
 
+    def add_tick_table(self, ticks) -> None:
+        """Buffer many ticks held as a ``polars.DataFrame`` with columns ``instrument_key, ts,
+        ltp, ltq, oi, seq`` (units as in ``ticks``; no quotes, not backfilled), e.g. a replay's
+        :class:`data_handling.replay.TickBatch` table: no Python object per tick. ``seq`` must
+        increase across calls. Hands the batch over when full or due."""
+        if not len(ticks):
+            return
+        self._tables.append(ticks)
+        self._table_rows += len(ticks)
+        self._last_seq = int(ticks.get_column("seq")[-1])
+        if len(self._ticks) + self._table_rows >= self.max_rows:
+            self.handover()
+
     def add_candle(self, k: m.Candle) -> None:
         """Buffer one closed candle."""
         c = self._candles.cols
@@ -208,11 +223,21 @@ class BatchWriter:
         self._last_handover = time.monotonic()
         ticks, candles = _with_quotes(self._ticks.take(), self._quotes), self._candles.take()
         self._quotes = []
+        if self._tables:
+            tables = self._table_arrow(self._tables)
+            ticks = tables if ticks is None else pa.concat_tables([ticks, tables], promote_options="default")
+            self._tables, self._table_rows = [], 0
         if ticks is None and candles is None:
             return
         if self.error is not None:
             raise RuntimeError(f"DuckDB writer failed: {self.error}") from self.error
         self._queue.put((ticks, candles, self._last_seq))
+
+    def _table_arrow(self, frames: list) -> pa.Table:
+        import polars as pl
+        table = pl.concat(frames, rechunk=False).with_columns(
+            source=pl.lit(self.source), backfilled=pl.lit(False)).select(TICK_BASE_SCHEMA.names)
+        return table.to_arrow().cast(TICK_BASE_SCHEMA)
 
     def _run(self) -> None:
         while True:

@@ -207,12 +207,30 @@ def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
 # --- signals ----------------------------------------------------------------------------------
 
 
+_SIGNAL_FIELDS = ("strategy", "instrument_key", "ts", "side", "entry", "stop_loss", "target", "reason")
+
+
 def insert_signal(con: duckdb.DuckDBPyConnection, sig: m.Signal, source: str, run_id: str,
                   received_ms: int) -> None:
-    """Store one signal (one row; signals are rare)."""
-    con.execute("INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [sig.strategy, sig.instrument_key, sig.ts, sig.side, sig.entry, sig.stop_loss,
-                 sig.target, sig.reason, received_ms, source, run_id])
+    """Store one signal."""
+    insert_signals(con, [(sig, received_ms)], source, run_id)
+
+
+def insert_signals(con: duckdb.DuckDBPyConnection, signals: list[tuple[m.Signal, int]], source: str,
+                   run_id: str) -> None:
+    """Store ``(signal, received_ms)`` pairs in one Arrow insert (DuckDB takes a few thousand
+    rows a second one INSERT at a time: a burst of signals must not fall behind)."""
+    if not signals:
+        return
+    columns = {f: [getattr(sig, f) for sig, _ in signals] for f in _SIGNAL_FIELDS}
+    columns["received_ms"] = [ms for _, ms in signals]
+    columns["source"] = [source] * len(signals)
+    columns["run_id"] = [run_id] * len(signals)
+    con.register("_signal_batch", pa.table(columns))
+    try:
+        con.execute("INSERT INTO signals BY NAME SELECT * FROM _signal_batch")
+    finally:
+        con.unregister("_signal_batch")
 
 
 def clear_replayed_signals(con: duckdb.DuckDBPyConnection, keys: list[str], first_ts: int,
@@ -258,25 +276,30 @@ class SignalRecorder:
                 log.warning("signal recorder: no bus round trip within 10 s; recording anyway")
             self._ready.set()
             while True:
-                got = None
-                try:
-                    got = bus.recv(200)
-                except ValueError as exc:
-                    self.errors += 1
-                    log.warning("signal recorder: undecodable frame skipped (%s)", exc)
-                if got is None:
+                batch: list[tuple[m.Signal, int]] = []
+                timeout = 200
+                while len(batch) < 5_000:           # what has arrived, stored in one insert
+                    try:
+                        got = bus.recv(timeout)
+                    except ValueError as exc:
+                        self.errors += 1
+                        log.warning("signal recorder: undecodable frame skipped (%s)", exc)
+                        continue
+                    if got is None:
+                        break
+                    timeout = 0
+                    if isinstance(got[1], m.Signal):
+                        batch.append((got[1], now_ms()))
+                if not batch:
                     if self._stop.is_set():
                         return
                     continue
-                _, msg = got
-                if not isinstance(msg, m.Signal):
-                    continue
                 try:
-                    insert_signal(self.cur, msg, self.source, self.run_id, now_ms())
-                    self.recorded += 1
+                    insert_signals(self.cur, batch, self.source, self.run_id)
+                    self.recorded += len(batch)
                 except duckdb.Error:
-                    self.errors += 1
-                    log.exception("signal recorder: could not store a signal of %s", msg.strategy)
+                    self.errors += len(batch)
+                    log.exception("signal recorder: could not store %d signal(s)", len(batch))
         finally:
             self._ready.set()
             bus.close()

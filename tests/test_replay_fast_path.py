@@ -1,0 +1,136 @@
+"""The ingestor's fast path for replays: frames built column-wise, ticks stored as tables,
+conflated last ticks for the API, and the execution service taking only the ticks it trades.
+Each must be indistinguishable from the one-message-per-tick path on real data."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgspec
+import polars as pl
+import pytest
+import zmq
+from hypothesis import given, settings, strategies as st
+
+from api.hub import Hub
+from data_handling.replay import ReplaySource
+from scripts.execution import TickSubscriptions
+from tests.conftest import FO_TICKS
+from tests.system_harness import free_port
+from trading_core import bus, messages as m, persistence
+
+
+@pytest.fixture(scope="module")
+def futures(shared_data) -> ReplaySource:
+    return ReplaySource(FO_TICKS / "Futures")
+
+
+def test_column_frames_decode_to_the_same_ticks_as_encode(futures):
+    batches = list(futures.batches(rows=10_000))
+    assert sum(len(b) for b in batches) == len(futures) == 43_441
+    ticks = list(futures.ticks())
+    frames = [f for b in batches for f in b.frames]
+    for frame, tick in zip(frames, ticks, strict=True):
+        assert m.decode(frame) == m.decode(m.encode(m.tick_topic(tick.instrument_key), tick))
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.text(min_size=1, max_size=30).filter(lambda k: "\x00" not in k),
+       ts=st.integers(0, 2**62), ltp=st.floats(0.01, 1e9), ltq=st.integers(0, 2**40),
+       oi=st.floats(0, 1e12), seq=st.integers(0, 2**40))
+def test_column_frames_of_any_values(key, ts, ltp, ltq, oi, seq):
+    frame = pl.DataFrame({"instrument_key": [key], "ts": [ts], "ltp": [ltp], "ltq": [ltq], "oi": [oi],
+                          "seq": [seq]})
+    tick = m.Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
+    assert m.decode(m.tick_frames(frame, "replay")[0]) == (m.tick_topic(key), tick)
+
+
+def test_tick_tables_are_stored_like_ticks(futures, tmp_path):
+    con = persistence.connect(tmp_path / "t.duckdb")
+    persistence.start_run(con, "r", "replay", "x")
+    writer = persistence.BatchWriter(con, "r", "replay", max_rows=20_000)
+    for batch in futures.batches(rows=7_000, frames=False):
+        writer.add_tick_table(batch.table)
+    writer.close()
+    stored = con.execute("SELECT instrument_key, ts, ltp, ltq, oi, seq, source, backfilled, bid "
+                         "FROM ticks ORDER BY seq").fetchall()
+    assert stored == [(t.instrument_key, t.ts, t.ltp, t.ltq, t.oi, t.seq, "replay", False, None)
+                      for t in futures.ticks()]
+    assert persistence.start_run(con, "r", "replay", "x") == len(futures)      # resumes after the last
+
+
+def test_paced_batches_hold_the_ticks_due_together(futures, monkeypatch):
+    clock = [100.0]                                     # a clock that only sleeping advances
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    slept: list[float] = []
+    monkeypatch.setattr("data_handling.replay.time.monotonic", lambda: clock[0])
+    src = ReplaySource(FO_TICKS / "Futures", rate=10_000, limit=5_000, sleep=sleep)
+    batches = list(src.batches())
+    assert [t.seq for b in batches for t in b.ticks()] == list(range(5_000))
+    # the ticks due within the 2 ms sleep quantum travel together: 21 at 10,000 ticks/s
+    # (20 when the float schedule lands a hair short of a due time; fewer where a batch ends at
+    # the 4,096-row chunk in which frames are built)
+    sizes = [len(b) for b in batches]
+    assert max(sizes) == 21 and sum(s >= 20 for s in sizes) >= len(sizes) - 3
+    # slept exactly until each batch was due, never ahead of it
+    assert sum(slept) == pytest.approx(batches[-1].first_seq / 10_000, abs=1e-6)
+
+
+def test_last_ticks_carry_the_last_tick_of_each_instrument_to_the_hub(futures):
+    last: dict[str, bytes] = {}
+    for batch in futures.batches(rows=5_000):
+        for key, frame in zip(batch.keys, batch.frames):
+            last[key] = frame
+    frame = m.last_ticks_frame(last.items())
+    topic, message = m.decode(frame)
+    expected = futures.frame().group_by("instrument_key").last()
+    assert topic == m.LAST_TICKS and len(message.ticks) == expected.height > 1
+    for row in expected.iter_rows(named=True):
+        t = message.ticks[row["instrument_key"]]
+        assert (t.ts, t.ltp, t.ltq, t.oi, t.seq) == (row["ts"], row["ltp"], row["ltq"], row["oi"], row["seq"])
+    hub = Hub()
+    hub.ingest(frame)
+    hub.flush()
+    assert {k: msgspec.json.decode(v, type=m.Tick) for k, v in hub.store.ticks.items()} == message.ticks
+    hub.ingest(m.LAST_TICKS.encode() + m.SEPARATOR + b'{"ticks": 5}')
+    assert hub.bad_frames == 1
+
+
+def test_execution_takes_the_ticks_of_its_instruments_only():
+    ctx = zmq.Context()
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    thread = threading.Thread(target=bus.run_proxy, args=(pub, sub, ctx), daemon=True)
+    thread.start()
+    sender, receiver = bus.BusClient(pub, sub), bus.BusClient(pub, sub)
+    try:
+        follow = TickSubscriptions(receiver)
+        follow.follow(["NSE_FO|NIFTY-I"])
+        follow.follow(["NSE_FO|NIFTY-I"])                 # twice: one subscription
+        assert sender.wait_ready() and receiver.wait_ready()
+
+        def exchange(keys):
+            for i, key in enumerate(keys):
+                sender.publish(m.tick_topic(key), m.Tick(instrument_key=key, ts=i, ltp=1.0, seq=i))
+            got = []
+            while (item := receiver.recv(300)) is not None:
+                got.append(item[1].instrument_key)
+            return got
+
+        keys = ["NSE_FO|NIFTY-I", "NSE_FO|NIFTY-II", "NSE_FO|NIFTY22N2418000CE", "NSE_FO|NIFTY-I"]
+        assert exchange(keys) == ["NSE_FO|NIFTY-I", "NSE_FO|NIFTY-I"]
+        follow.follow(["NSE_FO|NIFTY22N2418000CE"])     # a signal names another instrument
+        time.sleep(0.3)                                  # a subscription takes effect shortly after
+        assert exchange(keys) == ["NSE_FO|NIFTY-I", "NSE_FO|NIFTY22N2418000CE", "NSE_FO|NIFTY-I"]
+        follow.follow(None)                              # strategies file unreadable: everything
+        time.sleep(0.3)
+        assert exchange(keys) == keys
+    finally:
+        sender.close()
+        receiver.close()
+        ctx.term()
+        thread.join(2)
