@@ -56,6 +56,13 @@ class System:
             return {}
         return r.json().get("services", {}) if r.status_code == 200 else {}
 
+    def sql(self, query: str, params: list | None = None) -> list[list]:
+        """Rows of a read-only query through the desk's own ``POST /api/sql``."""
+        r = httpx.post(f"http://127.0.0.1:{self.port}/api/sql", json={"sql": query, "params": params or []},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["rows"]
+
     def wait(self, predicate, timeout: float, what: str):
         """Poll ``predicate(health)`` until truthy; return its value or fail naming ``what``."""
         deadline = time.monotonic() + timeout

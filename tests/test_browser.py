@@ -1,16 +1,21 @@
 """The desk in a real browser: Playwright drives Debian's chromium against ``run.py`` replaying a
-real NIFTY day. Screenshots of each state go to ``test-artifacts/`` (git-ignored)."""
+real NIFTY day. Screenshots of each state go to ``test-artifacts/`` (git-ignored).
+
+History mode is tested here too, on the same running system (one ``run.py`` start for the
+module), before the API is killed: the replayed day is picked in the History control and
+replayed on the page; its candles must be the DuckDB ``candles_1m`` rows of that day (read
+through ``POST /api/sql``), its POC line the engine's (the batch path on the vendor file's
+ticks) and its signal marked; Back to live restores the live view."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
+from api.history import ist_day_bounds
 from data_handling.replay import ReplaySource
 from tests.system_harness import ROOT, System
 from tests.test_system import DAY, DAY_FILE, source_bars
@@ -127,6 +132,78 @@ def test_the_desk_shows_the_day_as_the_engine_and_the_strategies_saw_it(replayed
     assert any(((t % 86400) // 60) == 555 for t in five), "a bucket starts at 09:15 IST"
     shot(page, "desk-5-minute")
     page.click("#timeframes button[data-tf='1']")
+    assert errors == []
+    page.close()
+
+
+IST_OFFSET_S = 19800      # the page shifts chart times so the axis reads IST
+
+
+def test_a_recorded_day_replays_on_the_page_and_back_to_live_restores_the_live_view(replayed_day, browser):
+    page, errors = open_desk(browser, replayed_day)
+    page.wait_for_function("() => window.amt.series.data().length > 300", timeout=15_000)
+    page.wait_for_function("() => window.amt.markers.markers().length > 0", timeout=10_000)
+    live_bars = page.evaluate("() => window.amt.series.data().length")
+    assert page.locator("#conn-text").inner_text() == "live"
+
+    # The History control lists the replayed day and its instrument.
+    page.click("#history-open")
+    page.wait_for_function(f"() => Array.from(document.querySelectorAll('#history-date option')).some(o => o.value === '{DAY}')",
+                           timeout=15_000)
+    page.select_option("#history-date", DAY)
+    option = page.evaluate(f"""() => Array.from(document.querySelectorAll('#history-instrument option'))
+                                        .find(o => o.dataset.key === '{KEY}').value""")
+    page.select_option("#history-instrument", option)
+
+    # At 300x the day starts to play: the header says HISTORY, the live chart data is held back.
+    page.select_option("#history-speed", "300")
+    page.click("#history-play")
+    page.wait_for_function("() => window.amt.state.history && window.amt.series.data().length >= 3", timeout=20_000)
+    page.click("#history-pause")
+    page.wait_for_function("() => window.amtHistory.state.status === 'paused'", timeout=10_000)
+    assert page.locator("#conn-text").inner_text() == f"HISTORY {DAY} ×300"
+    partial = page.evaluate("() => window.amt.series.data().length")
+    assert 3 <= partial < live_bars
+
+    # Flat out to the end of the day (speed changed while paused, then resumed).
+    page.select_option("#history-speed", "0")
+    page.click("#history-play")
+    page.wait_for_function("() => window.amtHistory.state.status === 'finished'", timeout=30_000)
+    assert page.locator("#conn-text").inner_text() == f"HISTORY {DAY} ×max"
+
+    lo, hi = ist_day_bounds(DAY)
+    rows = replayed_day.sql("SELECT ts, open, high, low, close FROM candles_1m WHERE instrument_key = ? "
+                             "AND ts >= ? AND ts < ? ORDER BY ts", [KEY, lo, hi])
+    drawn = page.evaluate("() => window.amt.series.data().map(b => [b.time, b.open, b.high, b.low, b.close])")
+    assert len(drawn) == len(rows) > 370
+    assert [[(t - IST_OFFSET_S) * 1000, o, h, low, c] for t, o, h, low, c in drawn] == rows
+
+    ticks = ReplaySource(DAY_FILE, dates=[DAY]).frame()
+    [expected] = compute_profiles(ticks.rename({"ltp": "price", "ltq": "qty"}).select("ts", "price", "qty"),
+                                  instrument_key=KEY)
+    lines = page.evaluate("() => window.amt.priceLines()")
+    assert (lines["POC"], lines["VAH"], lines["VAL"]) == (expected.poc, expected.vah, expected.val)
+    assert float(page.locator("#tpo-body .tpo-row.poc").get_attribute("data-price")) == expected.poc
+
+    signals = replayed_day.sql("SELECT strategy, ts FROM signals WHERE instrument_key = ? AND ts >= ? AND ts < ? "
+                                "ORDER BY ts", [KEY, lo, hi])
+    assert signals, "the replayed day's ib_breakout signal is recorded"
+    markers = page.evaluate("() => window.amt.markers.markers().map(m => m.time)")
+    assert markers == [(ts // 60_000) * 60 + IST_OFFSET_S for _, ts in signals]
+    assert page.locator("#signals-body tr:not(.empty)").count() == len(signals)
+    shot(page, "desk-history")
+
+    # Back to live: the live bars, header and instruments come back, and a fresh snapshot is asked for.
+    assert page.locator("#instrument option").count() == 1          # the replayed instrument only
+    page.evaluate("""() => { window.__sent = []; const send = WebSocket.prototype.send;
+                             WebSocket.prototype.send = function (d) { window.__sent.push(String(d)); return send.call(this, d); }; }""")
+    page.click("#history-live")
+    page.wait_for_function("() => !window.amt.state.history", timeout=10_000)
+    page.wait_for_function(f"() => window.amt.series.data().length === {live_bars}", timeout=15_000)
+    assert page.locator("#conn-text").inner_text() == "live"
+    assert page.evaluate("() => window.amtHistory.state.status") == "live"
+    assert '{"snapshot":true}' in page.evaluate("() => window.__sent")
+    assert page.locator("#instrument option").count() >= 2          # the live watchlist again
     assert errors == []
     page.close()
 

@@ -16,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 
@@ -83,13 +82,6 @@ def _browser_or_skip():
     return pytest.importorskip("playwright.sync_api")
 
 
-def sql(system: System, text: str, params: list) -> list[list]:
-    """Rows of a read-only query through the desk's own ``POST /api/sql``."""
-    r = httpx.post(f"http://127.0.0.1:{system.port}/api/sql", json={"sql": text, "params": params}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["rows"]
-
-
 def test_option_panel_draws_the_recorded_candles_and_the_strip_shows_bus_rates(tmp_path):
     sync_api = _browser_or_skip()
     args = ["--replay", str(FO_TICKS), "--speed", "0"]
@@ -108,7 +100,7 @@ def test_option_panel_draws_the_recorded_candles_and_the_strip_shows_bus_rates(t
         # DuckDB's 1-minute candles of each option, and the source ticks bucketed by minute
         recorded = {}
         for key in OPTIONS:
-            rows = sql(system, "SELECT ts, open, high, low, close FROM candles_1m "
+            rows = system.sql("SELECT ts, open, high, low, close FROM candles_1m "
                                "WHERE instrument_key = ? ORDER BY ts", [key])
             recorded[key] = {ts // 1000 + IST_OFFSET_S: (o, h, lo, c) for ts, o, h, lo, c in rows}
             ticks = ReplaySource(FO_TICKS, instruments=[key]).frame()

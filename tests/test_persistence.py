@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import duckdb
 import pytest
 
 from trading_core import messages as m, persistence

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from trading_core import messages as m
-from trading_core.bus import BusClient, run_proxy
+from trading_core.bus import run_proxy
 from tests.system_harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

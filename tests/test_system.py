@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
-import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import INDEX_1MIN
