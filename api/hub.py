@@ -25,7 +25,8 @@ Outgoing JSON text frames (prices rupees, ``ts`` epoch ms UTC):
 "signals":[Signal...],"health":{service:Health},"health_age_ms":{service:ms}}``
     First frame on every connection, again after a ``subscribe`` and after the client
     fell so far behind that its pending batches were dropped. ``candles`` are the
-    last :data:`MAX_CANDLES` closed 1-minute candles per instrument, oldest first.
+    last :data:`MAX_CANDLES` closed 1-minute candles per instrument, oldest first; without
+    a filter, option contracts' candles are left out (subscribe to the options shown).
 
 ``{"type":"batch","ticks":{key:Tick},"candles":[Candle...],"signals":[Signal...],
 "health":{service:Health},"profiles":{key:profile}}``
@@ -44,6 +45,7 @@ from typing import Any, Iterable
 
 import msgspec
 
+from data_handling.instruments import is_option
 from trading_core import messages as m
 
 log = logging.getLogger("api")
@@ -359,12 +361,17 @@ class Hub:
         def want(k: str) -> bool:
             return only is None or k in only
 
+        def want_candles(k: str) -> bool:
+            # A whole option chain's day of candles (1,381 contracts on 2022-11-18: ~30 MB) is
+            # not sent to a page that did not name them; it subscribes to the options it shows.
+            return k in only if only is not None else not is_option(k)
+
         return {
             "type": "snapshot",
             "server_ts": now,
             "instruments": list(st.instruments),
             "filter": None if only is None else sorted(only),
-            "candles": {k: [Raw(p) for _, p in bars] for k, bars in st.candles.items() if want(k)},
+            "candles": {k: [Raw(p) for _, p in bars] for k, bars in st.candles.items() if want_candles(k)},
             "ticks": {k: Raw(p) for k, p in st.ticks.items() if want(k)},
             "profiles": {k: Raw(p) for k, p in st.profiles.items() if want(k)},
             "signals": [Raw(p) for p in st.signals],

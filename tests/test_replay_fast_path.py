@@ -134,3 +134,18 @@ def test_execution_takes_the_ticks_of_its_instruments_only():
         receiver.close()
         ctx.term()
         thread.join(2)
+
+
+def test_an_unfiltered_snapshot_leaves_out_option_candles():
+    hub = Hub()
+    keys = ["NSE_FO|NIFTY-I", "NSE_FO|NIFTY22N2418300CE", "NSE_INDEX|Nifty 50"]
+    for key in keys:
+        candle = m.Candle(instrument_key=key, interval="1m", ts=1_668_743_100_000, open=1, high=2, low=1,
+                          close=2, volume=10)
+        hub.ingest(m.encode(m.candle_topic(key), candle))
+    hub.flush()
+    everything = hub.snapshot()
+    assert everything["instruments"] == keys
+    assert set(everything["candles"]) == {"NSE_FO|NIFTY-I", "NSE_INDEX|Nifty 50"}
+    named = hub.snapshot(frozenset({"NSE_FO|NIFTY22N2418300CE"}))
+    assert set(named["candles"]) == {"NSE_FO|NIFTY22N2418300CE"}
