@@ -1,7 +1,10 @@
 """Speed of the Market Profile engine (trading_core.profile) on the recorded data in ../shared/data.
 
-    python3 benchmarks/bench_profile.py            # print a markdown section
-    python3 benchmarks/bench_profile.py --append   # ... and append it to benchmarks/RESULTS.md
+    python3 benchmarks/bench_profile.py            # about a minute; prints a markdown section
+    python3 benchmarks/bench_profile.py --append   # ... and appends it to benchmarks/RESULTS.md
+    python3 benchmarks/bench_profile.py --quick    # about 20 s, fewer repeats (run_all.py)
+    python3 benchmarks/bench_profile.py --smoke    # a couple of seconds (tests/test_benchmarks.py)
+    python3 benchmarks/bench_profile.py --json out.json
 
 Measures (single process, one core):
 1. incremental ``on_tick`` per tick: real NIFTY-I ticks of 2022-11-18 replayed as 40 consecutive days
@@ -12,20 +15,25 @@ Measures (single process, one core):
 5. the batch path: sessions per second over all index and futures 1-minute files
    (polars DataFrame -> profiles), and through DuckDB (``read_csv`` -> ``.pl()`` -> profiles).
 File parsing is excluded from (1)-(4) and reported separately in (5).
+
+``--quick`` runs each measure once or twice instead of 2-5 times. ``--smoke`` feeds 2 days of
+NIFTY-I, reads the profile 50 times and profiles one month of NIFTY bars and the futures file
+(no full F&O day). Checks: the per-tick and the chunked engine build the same profile; the batch
+path gives one session per IST trading date in the bars.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
 
 import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,20 +73,19 @@ def index_files(suffix: str) -> list[Path]:
     return sorted(files, key=lambda f: (f.name[:4], MONTHS.index(f.name[5:8])))
 
 
-def best_of(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+best_of = common.best_of
 
 
-def bench() -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+def bench(b: common.Bench, mode: str) -> None:
+    """Run the measures of the module doc into ``b`` (rows, headlines, checks)."""
+    smoke, quick = mode == "smoke", mode == "quick"
+
+    def reps(n: int) -> int:
+        return 1 if smoke else max(1, min(n, 2)) if quick else n
+
     key = "NSE_FO|NIFTY-I"
     day = read_ticks(DATA / "nse-fo-ticks" / "2022-11-18" / "Futures" / "NIFTY-I.csv")
-    days = 40
+    days = 2 if smoke else 40
     ts = np.concatenate([day["ts"].to_numpy() + k * DAY_MS for k in range(days)])
     price = np.tile(day["price"].to_numpy(), days)
     qty = np.tile(day["qty"].to_numpy(), days)
@@ -88,13 +95,14 @@ def bench() -> list[tuple[str, str]]:
     def per_tick():
         e = LiveAuctionEngine(key)
         on_tick = e.on_tick
-        for a, b, c in zip(ts_l, price_l, qty_l):
-            on_tick(a, b, c)
+        for t_ms, px, q in zip(ts_l, price_l, qty_l):
+            on_tick(t_ms, px, q)
         return e
 
-    t = best_of(per_tick, 5)
-    rows.append(("on_tick, real NIFTY-I ticks x 40 days",
-                 f"{n:,} ticks in {t:.3f} s = **{n / t / 1e6:.2f} M ticks/s** ({t / n * 1e9:.0f} ns/tick)"))
+    t = best_of(per_tick, reps(5))
+    b.row(f"on_tick, real NIFTY-I ticks x {days} days",
+          f"{n:,} ticks in {t:.3f} s = **{n / t / 1e6:.2f} M ticks/s** ({t / n * 1e9:.0f} ns/tick)")
+    b.headline("engine on_tick, NIFTY-I ticks", n / t, "ticks/s", common.human_rate(n / t, "ticks/s"))
 
     def chunked():
         e = LiveAuctionEngine(key)
@@ -102,10 +110,66 @@ def bench() -> list[tuple[str, str]]:
             e.on_ticks(ts[a:a + 1000], price[a:a + 1000], qty[a:a + 1000])
         return e
 
-    t = best_of(chunked)
-    rows.append(("on_ticks (numpy), chunks of 1,000", f"{n / t / 1e6:.1f} M ticks/s"))
-    assert per_tick().profile == chunked().profile
+    t = best_of(chunked, reps(3))
+    b.row("on_ticks (numpy), chunks of 1,000", f"{n / t / 1e6:.1f} M ticks/s")
+    one, other = per_tick().profile, chunked().profile
+    b.check("on_tick and on_ticks build the same profile", one == other,
+            f"session {one.session}, POC {one.poc}, VAH {one.vah}, VAL {one.val}, {n:,} ticks")
+    if not smoke:
+        full_fo_day(b, 1 if quick else 2)
 
+    e = per_tick()
+    reads = 50 if smoke else 2000
+
+    def read_profile():
+        for i in range(reads):
+            e.on_tick(ts_l[-1], price_l[-1], 1)
+            e.profile
+    t = best_of(read_profile, reps(3))
+    b.row("`engine.profile` after a change (lazy rebuild)", f"{t / reads * 1e6:.0f} us per read")
+
+    # batch path: sessions per second
+    if smoke:
+        nifty = read_bars([DATA / "nse-index-1min" / "2022_JUN_NIFTY.txt"])
+        bnf = nifty.clear()
+    else:
+        nifty, bnf = read_bars(index_files("NIFTY")), read_bars(index_files("BNF"))
+    fut = read_bars([DATA / "nse-fut-1min" / "BANKNIFTY_F1_2019-01_2019-06.txt"])
+    sessions = []
+
+    def batch():
+        sessions.clear()
+        sessions.extend(compute_profiles(nifty, instrument_key="NSE_INDEX|Nifty 50"))
+        sessions.extend(compute_profiles(bnf, instrument_key="NSE_INDEX|Nifty Bank"))
+        sessions.extend(compute_profiles(fut, instrument_key="NSE_FO|BANKNIFTY_F1"))
+    t = best_of(batch, reps(3))
+    bars = nifty.height + bnf.height + fut.height
+    dates = sum(f.select(((pl.col("ts") + IST_MS) // DAY_MS).n_unique()).item() if f.height else 0
+                for f in (nifty, bnf, fut))
+    b.check("batch: one session per IST trading date", len(sessions) == dates,
+            f"{len(sessions):,} sessions, {dates:,} distinct dates in the bars")
+    what = ("one month of NIFTY and the futures file" if smoke
+            else "all 1-minute files (2021-2022 indices, 2019 futures)")
+    b.row(f"batch, polars frames of {what}",
+          f"{len(sessions):,} sessions ({bars:,} bars) in {t:.2f} s = **{len(sessions) / t:,.0f} sessions/s**")
+    b.headline("batch profile, 1-minute bars", len(sessions) / t, "sessions/s", f"{len(sessions) / t:,.0f} sessions/s")
+
+    con = duckdb.connect()
+    path = str(DATA / "nse-fut-1min" / "BANKNIFTY_F1_2019-01_2019-06.txt")
+    sql = f"""
+        SELECT epoch_ms(strptime(column1 || column2, '%Y%m%d%H:%M')) - 19800000 - 60000 AS ts,
+               column3 AS open, column4 AS high, column5 AS low, column6 AS close, column7 AS volume
+        FROM read_csv('{path}', header = false, columns = {{'column0': 'VARCHAR', 'column1': 'VARCHAR',
+             'column2': 'VARCHAR', 'column3': 'DOUBLE', 'column4': 'DOUBLE', 'column5': 'DOUBLE',
+             'column6': 'DOUBLE', 'column7': 'BIGINT', 'column8': 'BIGINT'}})
+        ORDER BY ts"""
+    t = best_of(lambda: compute_profiles(con.sql(sql).pl(), instrument_key="NSE_FO|BANKNIFTY_F1"), reps(3))
+    b.row("batch via DuckDB (read_csv + SQL + .pl() + profiles), futures file",
+          f"122 sessions in {t:.3f} s = **{122 / t:,.0f} sessions/s** (CSV parsing included)")
+
+
+def full_fo_day(b: common.Bench, repeat: int) -> None:
+    """Measure 3 of the module doc: every contract of the F&O day, one engine each, best of ``repeat``."""
     # the full F&O day: every contract, merged in time order
     paths = sorted((DATA / "nse-fo-ticks" / "2022-11-18").glob("*/*.csv"))
     t0 = time.perf_counter()
@@ -120,93 +184,27 @@ def bench() -> list[tuple[str, str]]:
     def full_day():
         engines = [LiveAuctionEngine(f"NSE_FO|{p.stem}", config=c) for p, c in zip(paths, configs)]
         feeds = [e.on_tick for e in engines]
-        for s, a, b, c in zip(a_sym, a_ts, a_px, a_q):
-            feeds[s](a, b, c)
+        for s, t_ms, px, q in zip(a_sym, a_ts, a_px, a_q):
+            feeds[s](t_ms, px, q)
         return engines
 
-    t = best_of(full_day, 2)
-    rows.append((f"full F&O day: {len(paths):,} contracts, one engine each",
-                 f"{len(a_ts):,} ticks in {t:.2f} s = **{len(a_ts) / t / 1e6:.2f} M ticks/s** "
-                 f"(CSV parsing, not included: {parse:.1f} s)"))
-
-    e = per_tick()
-    reads = 2000
-
-    def read_profile():
-        for i in range(reads):
-            e.on_tick(ts_l[-1], price_l[-1], 1)
-            e.profile
-    t = best_of(read_profile)
-    rows.append(("`engine.profile` after a change (lazy rebuild)",
-                 f"{t / reads * 1e6:.0f} us per read"))
-
-    # batch path: sessions per second
-    nifty, bnf = read_bars(index_files("NIFTY")), read_bars(index_files("BNF"))
-    fut = read_bars([DATA / "nse-fut-1min" / "BANKNIFTY_F1_2019-01_2019-06.txt"])
-    sessions = []
-
-    def batch():
-        sessions.clear()
-        sessions.extend(compute_profiles(nifty, instrument_key="NSE_INDEX|Nifty 50"))
-        sessions.extend(compute_profiles(bnf, instrument_key="NSE_INDEX|Nifty Bank"))
-        sessions.extend(compute_profiles(fut, instrument_key="NSE_FO|BANKNIFTY_F1"))
-    t = best_of(batch)
-    bars = nifty.height + bnf.height + fut.height
-    rows.append(("batch, polars frames of all 1-minute files",
-                 f"{len(sessions):,} sessions ({bars:,} bars) in {t:.2f} s = "
-                 f"**{len(sessions) / t:,.0f} sessions/s**"))
-
-    con = duckdb.connect()
-    path = str(DATA / "nse-fut-1min" / "BANKNIFTY_F1_2019-01_2019-06.txt")
-    sql = f"""
-        SELECT epoch_ms(strptime(column1 || column2, '%Y%m%d%H:%M')) - 19800000 - 60000 AS ts,
-               column3 AS open, column4 AS high, column5 AS low, column6 AS close, column7 AS volume
-        FROM read_csv('{path}', header = false, columns = {{'column0': 'VARCHAR', 'column1': 'VARCHAR',
-             'column2': 'VARCHAR', 'column3': 'DOUBLE', 'column4': 'DOUBLE', 'column5': 'DOUBLE',
-             'column6': 'DOUBLE', 'column7': 'BIGINT', 'column8': 'BIGINT'}})
-        ORDER BY ts"""
-    t = best_of(lambda: compute_profiles(con.sql(sql).pl(), instrument_key="NSE_FO|BANKNIFTY_F1"))
-    rows.append(("batch via DuckDB (read_csv + SQL + .pl() + profiles), futures file",
-                 f"122 sessions in {t:.3f} s = **{122 / t:,.0f} sessions/s** (CSV parsing included)"))
-    return rows
+    t = best_of(full_day, repeat)
+    b.row(f"full F&O day: {len(paths):,} contracts, one engine each",
+          f"{len(a_ts):,} ticks in {t:.2f} s = **{len(a_ts) / t / 1e6:.2f} M ticks/s** "
+          f"(CSV parsing, not included: {parse:.1f} s)")
+    b.headline("engine on_tick, full F&O day (1,381 engines)", len(a_ts) / t, "ticks/s",
+               common.human_rate(len(a_ts) / t, "ticks/s"))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--append", action="store_true", help="append the section to benchmarks/RESULTS.md")
-    args = ap.parse_args()
-    load_before = os.getloadavg()[0]
-    rows = bench()
-    load_after = os.getloadavg()[0]
-    import msgspec
-    versions = (f"Python {platform.python_version()}, numpy {np.__version__}, polars {pl.__version__}, "
-                f"duckdb {duckdb.__version__}, msgspec {msgspec.__version__}")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    lines = [f"## Market Profile engine ({dt.date.today().isoformat()})", "",
-             f"Machine: {os.cpu_count()} cores, {cpu}; {platform.system()} {platform.release()}. {versions}.",
-             f"Load average (1 min) before/after: {load_before:.2f}/{load_after:.2f} (other work shares "
-             "the 2 cores; numbers on an idle machine are higher).",
-             "Command: `cd /work/main && python3 benchmarks/bench_profile.py --append` "
-             "(best of 2-5 runs, one process).", "",
-             "| Measure | Result |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append:
-        out = ROOT / "benchmarks" / "RESULTS.md"
-        prefix = "" if not out.exists() else "\n"
-        with out.open("a") as f:
-            if not out.exists() or out.stat().st_size == 0:
-                f.write("# Benchmark results\n\n")
-            f.write(prefix + text)
+def main() -> int:
+    args = common.parser(__doc__, quick=True).parse_args()
+    mode = common.mode_of(args)
+    b = common.Bench("profile", "Market Profile engine", ["numpy", "polars", "duckdb", "msgspec"], mode,
+                     note={"smoke": "one run each, small inputs", "quick": "best of 1-2 runs, one process"}
+                     .get(mode, "best of 2-5 runs, one process"))
+    bench(b, mode)
+    return b.finish(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,12 @@
 """Research SQL beside the recorder: does a heavy query stall tick persistence, and how large is a
 recorded tick in DuckDB? Uses the real F&O day in ../shared/data/nse-fo-ticks/2022-11-18.
 
-    python3 benchmarks/bench_query.py                  # print a markdown section
-    python3 benchmarks/bench_query.py --append         # ... and append it to benchmarks/RESULTS.md
+    python3 benchmarks/bench_query.py                  # about 8 minutes; prints a markdown section
+    python3 benchmarks/bench_query.py --append         # ... and appends it to benchmarks/RESULTS.md
     python3 benchmarks/bench_query.py --month-days 5   # a shorter "month"
+    python3 benchmarks/bench_query.py --quick          # about a minute: the day only (run_all.py)
+    python3 benchmarks/bench_query.py --smoke          # a few seconds on the futures only (tests)
+    python3 benchmarks/bench_query.py --json out.json
 
 1. A real day: the 2.78 M prints of 1,381 contracts replayed (``ReplaySource``, full speed) into
    a fresh file through the ingestor's ``BatchWriter`` (handover every 0.1 s), checkpointed:
@@ -18,15 +21,17 @@ recorded tick in DuckDB? Uses the real F&O day in ../shared/data/nse-fo-ticks/20
 3. A simulated month: the real day inserted ``--month-days`` times, one trading day apart,
    through the same Arrow batch insert the writer uses; bytes per tick after a checkpoint, and
    two research queries timed on it.
+
+``--quick`` records the whole day only (bytes per tick): no latency phases, no month. ``--smoke`` uses the day's
+9 futures (43,441 ticks) instead of all 1,381 contracts, 0.5 s phases at 2,000 ticks/s and a 1-day
+month. Checks: the rows in each file equal the ticks written, and every
+tick fed to a writer in phase 2 was written.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime as dt
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,10 +42,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
 
 import duckdb  # noqa: E402
 import polars as pl  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 from data_handling.replay import ReplaySource  # noqa: E402
 from trading_core import messages as m, persistence, query as q, query_server, views  # noqa: E402
@@ -64,11 +71,12 @@ def file_size(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def record_day(path: Path) -> tuple[int, float]:
-    """Replay the real day into ``path`` the way the ingestor writes it. Returns (ticks, seconds)."""
+def record_day(path: Path, instruments: list[str] | None = None) -> tuple[int, float]:
+    """Replay the real day (only ``instruments`` if given) into ``path`` the way the ingestor writes
+    it. Returns (ticks, seconds)."""
     con = persistence.connect(path)
     views.install(con)
-    source = ReplaySource(DAY, speed=0)
+    source = ReplaySource(DAY, speed=0, instruments=instruments)
     writer = persistence.BatchWriter(con, "bench-day", "replay")
     started = time.perf_counter()
     n = 0
@@ -186,14 +194,16 @@ while time.monotonic() < stop_at:
 """
 
 
-def latency(path: Path, rate: float, seconds: float) -> list[tuple[str, str]]:
-    """Phase 2 of the module doc."""
+def latency(path: Path, rate: float, seconds: float, instruments: list[str] | None = None,
+            fed_written: list[tuple[int, int]] | None = None) -> list[tuple[str, str]]:
+    """Phase 2 of the module doc (only ``instruments`` if given). Appends (ticks fed, rows written)
+    of each writer to ``fed_written``."""
     con = persistence.connect(path)
     views.install(con)
     endpoint = f"ipc://{tempfile.mkdtemp()}/query.sock"
     server = query_server.QueryServer(con, endpoint, q.Limits(120, 5_000_000), db_label=str(path))
     server.start()
-    src = ReplaySource(DAY, speed=0)
+    src = ReplaySource(DAY, speed=0, instruments=instruments)
     ticks = []
     for t in src.ticks():
         t.ts += DAY_MS
@@ -216,6 +226,8 @@ def latency(path: Path, rate: float, seconds: float) -> list[tuple[str, str]]:
                 with FlushProbe(writer) as probe:
                     n, took = feed(writer, ticks, r, seconds, ages)
                 writer.close()
+                if fed_written is not None:
+                    fed_written.append((n, writer.rows_written))
                 qtimes: list[tuple[int, float]] = []
                 if proc is not None:
                     proc.kill()
@@ -242,9 +254,11 @@ def latency(path: Path, rate: float, seconds: float) -> list[tuple[str, str]]:
     return rows
 
 
-def month(path: Path, days: int) -> list[tuple[str, str]]:
-    """Phase 3 of the module doc."""
-    src = ReplaySource(DAY, speed=0)
+def month(path: Path, days: int, instruments: list[str] | None = None,
+          counts: list[tuple[int, int]] | None = None) -> list[tuple[str, str]]:
+    """Phase 3 of the module doc (only ``instruments`` if given). Appends (rows in the file, rows
+    inserted) to ``counts``."""
+    src = ReplaySource(DAY, speed=0, instruments=instruments)
     frame = src.frame()
     base = pl.DataFrame({
         "instrument_key": frame["instrument_key"], "ts": frame["ts"], "ltp": frame["ltp"],
@@ -271,6 +285,8 @@ def month(path: Path, days: int) -> list[tuple[str, str]]:
     took = time.perf_counter() - started
     con.execute("CHECKPOINT")
     n = con.execute("SELECT count(*) FROM ticks").fetchone()[0]
+    if counts is not None:
+        counts.append((n, days * base.height))
     t = time.perf_counter()
     con.execute("SELECT floor(ltp / 5) * 5, sum(ltq) FROM ticks WHERE instrument_key = 'NSE_FO|NIFTY-I' "
                 "AND ts >= ? AND ts < ? GROUP BY 1", [int(base["ts"].min()) + DAY_MS * 3,
@@ -288,60 +304,71 @@ def month(path: Path, days: int) -> list[tuple[str, str]]:
             ("on the month: ticks and range per contract and day (all rows)", f"{all_days * 1000:,.0f} ms")]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--append", action="store_true", help="append the section to benchmarks/RESULTS.md")
-    ap.add_argument("--rate", type=float, default=20_000, help="steady feed rate, ticks/s (default 20,000)")
-    ap.add_argument("--seconds", type=float, default=15, help="seconds per latency phase (default 15)")
-    ap.add_argument("--month-days", type=int, default=20, help="trading days in the simulated month")
+def main() -> int:
+    ap = common.parser(__doc__, quick=True)
+    ap.add_argument("--rate", type=float, help="steady feed rate, ticks/s (default 20,000; 2,000 with --smoke)")
+    ap.add_argument("--seconds", type=float,
+                    help="seconds per latency phase, 0 = no latency phases (default 15; 0 with --quick, "
+                         "0.5 with --smoke)")
+    ap.add_argument("--month-days", type=int,
+                    help="trading days in the simulated month, 0 = no month (default 20; 0 with --quick, "
+                         "1 with --smoke)")
     ap.add_argument("--keep", metavar="DIR", help="write the databases here instead of a temporary folder")
     args = ap.parse_args()
-    load_before = os.getloadavg()[0]
+    mode = common.mode_of(args)
+    smoke = mode == "smoke"
+    rate = args.rate or (2_000 if smoke else 20_000)
+    seconds = args.seconds if args.seconds is not None else {"smoke": 0.5, "quick": 0.0}.get(mode, 15.0)
+    month_days = args.month_days if args.month_days is not None else {"smoke": 1, "quick": 0}.get(mode, 20)
+    if rate <= 0 or seconds < 0 or month_days < 0:
+        ap.error(f"--rate must be positive, --seconds and --month-days at least 0, got {rate}, {seconds}, "
+                 f"{month_days}")
+    instruments = common.tick_subset(smoke=True) if smoke else None
+    bench = common.Bench("query", "Research queries beside the recorder", ["duckdb", "pyarrow", "polars", "zmq",
+                         "msgspec"], mode)
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench_query_"))
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str]] = []
     day_db = work / "day.duckdb"
     day_db.unlink(missing_ok=True)
-    n, took = record_day(day_db)
+    n, took = record_day(day_db, instruments)
     size = file_size(day_db)
-    rows.append(("a real day (2022-11-18 F&O, 1,381 contracts) recorded through BatchWriter",
-                 f"{n:,} ticks in {took:.1f} s; file {size / 1e6:,.1f} MB = **{size / n:.1f} bytes/tick** "
-                 f"(ticks, their 1-minute candles are not built here, and the schema)"))
-    print(rows[-1], file=sys.stderr, flush=True)
-    rows += latency(day_db, args.rate, args.seconds)
-    month_db = work / "month.duckdb"
-    month_db.unlink(missing_ok=True)
-    rows += month(month_db, args.month_days)
-    load_after = os.getloadavg()[0]
+    what = ("the day's 9 futures (smoke)" if smoke else "a real day (2022-11-18 F&O, 1,381 contracts)")
+    bench.row(f"{what} recorded through BatchWriter",
+              f"{n:,} ticks in {took:.1f} s; file {size / 1e6:,.1f} MB = **{size / n:.1f} bytes/tick** "
+              f"(ticks, their 1-minute candles are not built here, and the schema)")
+    day_name = "the futures (smoke)" if smoke else "a real F&O day"
+    bench.headline(f"storage, {day_name} through BatchWriter", size / n, "bytes/tick", f"{size / n:.1f} bytes/tick")
+    bench.headline(f"BatchWriter, {day_name} from ReplaySource", n / took, "ticks/s",
+                   common.human_rate(n / took, "ticks/s"))
+    with duckdb.connect(str(day_db), read_only=True) as con:
+        rows = con.execute("SELECT count(*) FROM ticks").fetchone()[0]
+    bench.check("day file: rows == ticks replayed", rows == n, f"{rows:,} rows, {n:,} ticks")
+    if seconds:
+        fed_written: list[tuple[int, int]] = []
+        lat_rows = latency(day_db, rate, seconds, instruments, fed_written)
+        for measure, result in lat_rows:
+            bench.row(measure, result, progress=False)      # latency() printed them as it went
+        bench.check("latency phases: every tick fed was written", all(a == b for a, b in fed_written),
+                    "; ".join(f"{a:,} fed / {b:,} written" for a, b in fed_written))
+    if month_days:
+        month_db = work / "month.duckdb"
+        month_db.unlink(missing_ok=True)
+        counts: list[tuple[int, int]] = []
+        month_rows = month(month_db, month_days, instruments, counts)
+        for measure, result in month_rows:
+            bench.row(measure, result)
+        bench.check("month file: rows == inserted", all(a == b for a, b in counts),
+                    "; ".join(f"{a:,} rows / {b:,} inserted" for a, b in counts))
+        month_size = file_size(month_db)
+        if counts and counts[0][0]:
+            bench.headline(f"storage, {day_name} x {month_days} days", month_size / counts[0][0], "bytes/tick",
+                           f"{month_size / counts[0][0]:.1f} bytes/tick")
     if not args.keep:
         for p in work.iterdir():
             p.unlink()
         work.rmdir()
-    import msgspec
-    import zmq
-    versions = (f"Python {platform.python_version()}, duckdb {duckdb.__version__}, pyarrow {pa.__version__}, "
-                f"polars {pl.__version__}, pyzmq {zmq.__version__}, msgspec {msgspec.__version__}")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cmd = "python3 benchmarks/bench_query.py " + " ".join(sys.argv[1:])
-    lines = [f"## Research queries beside the recorder ({dt.date.today().isoformat()})", "",
-             f"Machine: {os.cpu_count()} cores, {cpu}; {platform.system()} {platform.release()}. {versions}.",
-             f"Load average (1 min) before/after: {load_before:.2f}/{load_after:.2f}.",
-             f"Command: `cd /work/main && {cmd.strip()}`", "",
-             "| Measure | Result |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
-            fh.write("\n" + text)
+    return bench.finish(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -133,6 +133,71 @@ class CandleBuilder:
             return [self._candle(key, s, True)]
         return []
 
+    def update_table(self, ticks: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`update_print` for every row of ``ticks`` (columns ``instrument_key, ts,
+        ltp, ltq, oi`` as in :class:`Tick`), in row order, computed column-wise when the rows
+        are in time order: the same candles and the same state as row by row, without a
+        Python call per tick or per candle (a replay's batches; see ``scripts/ingestor.py``).
+
+        Returns the candles closed, one row each in :data:`CLOSED_COLUMNS`: ``row`` (UInt32,
+        the index of the tick that closed it) then the :data:`CANDLE_COLUMNS`, ordered by
+        ``row`` (every candle is ``final``). Rows out of time order, or older than an
+        instrument's forming candle, take the row-by-row path (late ticks counted in ``late``).
+        """
+        if not len(ticks):
+            return _closed_frame([])
+        if not ticks.get_column("ts").is_sorted():
+            return self._update_rows(ticks)
+        o, n = self.origin_ms, self.interval_ms
+        groups = (
+            ticks.lazy()
+            .select("instrument_key", "ts", "ltp", "ltq", "oi")
+            .with_row_index("_first")
+            .group_by("instrument_key", ts=pl.lit(o, pl.Int64) + (pl.col("ts") - o) // n * n,
+                      maintain_order=True)
+            .agg(pl.col("_first").first(), pl.col("ltp").first().alias("open"), pl.col("ltp").max().alias("high"),
+                 pl.col("ltp").min().alias("low"), pl.col("ltp").last().alias("close"),
+                 pl.col("ltq").sum().alias("volume"), pl.col("oi").last(), pl.len().cast(pl.Int64).alias("ticks"))
+            .with_columns(row=pl.col("_first").shift(-1).over("instrument_key"),
+                          _nth=pl.int_range(pl.len()).over("instrument_key"))
+            .collect()
+        )
+        # Each instrument's first bucket meets the state: it continues the forming candle, or
+        # closes it at its first tick (a few rows per batch, so in Python).
+        state, interval = self._state, self.interval
+        continued, closed_state, new = [], [], []
+        for key, b, first, op, hi, lo, vol, count in groups.filter(pl.col("_nth") == 0).select(
+                "instrument_key", "ts", "_first", "open", "high", "low", "volume", "ticks").iter_rows():
+            s = state.get(key)
+            if s is None:
+                new.append(key)
+                continue
+            if b < s[0] or (b == s[0] and not s[8]):
+                return self._update_rows(ticks)         # late ticks: exactly as row by row
+            if b == s[0]:
+                continued.append((key, b, s[1], max(hi, s[2]), min(lo, s[3]), s[5] + vol, s[7] + count))
+            elif s[8]:
+                closed_state.append((first, key, interval, *s[:8]))
+        if continued:
+            groups = groups.update(pl.DataFrame(continued, schema={
+                "instrument_key": pl.String, "ts": pl.Int64, "open": pl.Float64, "high": pl.Float64,
+                "low": pl.Float64, "volume": pl.Int64, "ticks": pl.Int64}, orient="row"), on=["instrument_key", "ts"])
+        state.update(dict.fromkeys(new))    # flush() closes candles in the order instruments came
+        for key, *values in groups.filter(pl.col("row").is_null()).select(
+                "instrument_key", "ts", "open", "high", "low", "close", "volume", "oi", "ticks").iter_rows():
+            state[key] = [*values, True]
+        inside = groups.filter(pl.col("row").is_not_null()).select(
+            pl.col("row"), "instrument_key", pl.lit(interval).alias("interval"), *CANDLE_COLUMNS[2:])
+        if not closed_state:
+            return inside.sort("row")
+        return pl.concat([_closed_frame(closed_state), inside]).sort("row")
+
+    def _update_rows(self, ticks: pl.DataFrame) -> pl.DataFrame:
+        rows = ticks.select("instrument_key", "ts", "ltp", "ltq", "oi").iter_rows()
+        return _closed_frame([(i, c.instrument_key, c.interval, c.ts, c.open, c.high, c.low, c.close,
+                               c.volume, c.oi, c.ticks)
+                              for i, row in enumerate(rows) for c in self.update_print(*row)])
+
     def forming(self, instrument_key: str) -> Candle | None:
         """The candle still forming for ``instrument_key`` (``final=False``), or None."""
         s = self._state.get(instrument_key)
@@ -150,6 +215,21 @@ class CandleBuilder:
                 out.append(self._candle(key, s, True))
                 s[8] = False
         return out
+
+
+CLOSED_COLUMNS = ("row", *CANDLE_COLUMNS)
+_CLOSED_SCHEMA = {"row": pl.UInt32, "instrument_key": pl.String, "interval": pl.String, "ts": pl.Int64,
+                  "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
+                  "volume": pl.Int64, "oi": pl.Float64, "ticks": pl.Int64}
+
+
+def _closed_frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=_CLOSED_SCHEMA, orient="row")
+
+
+def candles_of(closed: pl.DataFrame) -> list[Candle]:
+    """The rows of a :meth:`CandleBuilder.update_table` result as final :class:`Candle` messages."""
+    return [Candle(**row, final=True) for row in closed.select(CANDLE_COLUMNS).iter_rows(named=True)]
 
 
 def candles_from_ticks(df: pl.DataFrame, interval: str = "1m", origin_ms: int = 0) -> pl.DataFrame:

@@ -231,6 +231,17 @@
     return added;
   }
 
+  // Entries and exits of paper/live positions (frontend/blotter.js hands over the blotter's
+  // positions): an entry is a circle at its fill, an exit a square naming why it closed.
+  let trades = [];              // [{instrument_key, side, entry_ts, entry_price, exit_ts, exit_price, exit_reason}]
+  function setTrades(list) {
+    const next = (list || []).filter((p) => p && p.entry_ts);
+    if (JSON.stringify(next) === JSON.stringify(trades)) return;
+    trades = next;
+    redrawMarkers();
+  }
+  const EXIT_LABEL = { stop: 'SL', breakeven_stop: 'BE', target: 'TGT', time: 'TIME', square_off: 'SQ', kill_switch: 'KILL' };
+
   function redrawMarkers() {
     if (!markers) return;
     const list = state.signals
@@ -242,8 +253,22 @@
         color: s.side === 'BUY' ? '#26a69a' : '#ef5350',
         text: s.side === 'BUY' ? 'B' : 'S',
         size: 1.4,
-      }))
-      .sort((a, b) => a.time - b.time);
+        kind: 'signal',
+      }));
+    if (!state.history) {            // a recorded day shows its signals; trades are the live session's
+      for (const p of trades.filter((t) => t.instrument_key === state.selected)) {
+        const long = p.side === 'BUY';
+        list.push({ time: bucketOf(barTime(p.entry_ts)), position: long ? 'belowBar' : 'aboveBar', shape: 'circle',
+                    color: '#4f8cff', text: `entry ${priceFmt.format(p.entry_price)}`, size: 1, kind: 'entry' });
+        if (p.exit_ts) {
+          list.push({ time: bucketOf(barTime(p.exit_ts)), position: long ? 'aboveBar' : 'belowBar', shape: 'square',
+                      color: p.realised_pnl >= 0 ? '#26a69a' : '#ef5350',
+                      text: `exit ${EXIT_LABEL[p.exit_reason] || p.exit_reason} ${priceFmt.format(p.exit_price)}`,
+                      size: 1, kind: 'exit' });
+        }
+      }
+    }
+    list.sort((a, b) => a.time - b.time);
     markers.setMarkers(list);
   }
 
@@ -692,6 +717,7 @@
     setTimeframe, get timeframe() { return timeframe; },
     setExtraInstruments, get subscribed() { return wantedKeys(); },
     enterHistory, exitHistory, applyHistory: (frame) => onBatch(frame, true), renderConn,   // frontend/history.js
+    setTrades,                                                                              // frontend/blotter.js
     priceLines: () => Object.fromEntries(priceLines.map((l) => [l.options().title, l.options().price])),
   };
 

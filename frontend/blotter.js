@@ -70,6 +70,13 @@
     const body = $('blotter-body');
     const rows = (s.rows || []).slice(0, MAX_ROWS);
     body.innerHTML = rows.length ? rows.map(row).join('') : '<tr class="empty"><td colspan="12">no signals yet</td></tr>';
+    if (window.amt && window.amt.setTrades) {            // entry and exit markers on the chart (app.js)
+      window.amt.setTrades((s.rows || []).map((r) => r.position).filter(Boolean).map((p) => ({
+        instrument_key: p.instrument_key, side: p.side, entry_ts: p.entry_ts, entry_price: p.entry_price,
+        exit_ts: p.status === 'closed' ? p.exit_ts : 0, exit_price: p.exit_price, exit_reason: p.exit_reason,
+        realised_pnl: p.realised_pnl,
+      })));
+    }
   }
 
   async function poll() {

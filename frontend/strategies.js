@@ -54,6 +54,7 @@
       body.replaceChildren(...names.map((name) => {
         const s = strategies[name];
         const tr = document.createElement('tr');
+        tr.dataset.strategy = name;
         tr.title = `${(s.instruments || []).join(', ')}${s.last_exit != null ? ` · last exit code ${s.last_exit}` : ''}`
           + (s.warm && s.warm.candles != null ? ` · warm start: ${s.warm.candles} candles in ${s.warm.took_ms || 0} ms` : '');
         tr.append(cell(name, 'name'), cell(s.cls || '—', 'muted'),

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
              if feed == "replay" else f" (speed {args.speed:g})")
     counters.status = "running"
     publish = bus.publish_raw
+    publish_frames = bus.publish_frames
     profiles = ProfileFeed(bus.publish)
     monotonic = time.monotonic
     housekeeping_due = 0.0
@@ -267,20 +268,27 @@ def main(argv: list[str] | None = None) -> int:
         counters.last_tick_ts = tick.ts
 
     def on_batch(batch) -> None:
-        """A replay's run of ticks: the same work as on_tick, without a message object per
-        tick (frames built column-wise, rows stored as a table): the ingestor's hot loop at
-        full replay speed (benchmarks/bench_system.py)."""
+        """A replay's run of ticks: the same work as on_tick, done column-wise where the order
+        allows (frames built and rows stored as tables, candles and profiles computed per
+        batch); only the sends are per tick, each closed candle right after the tick that
+        closed it, as on_tick publishes it. The ingestor's hot loop at full replay speed
+        (benchmarks/bench_system.py)."""
         if probe:
             probe.stamp_batch(batch.first_seq, len(batch))
-        update, on_print, last = builder.update_print, profiles.on_print, last_frames
-        for frame, key, ts, ltp, ltq, oi in zip(batch.frames, batch.keys, batch.ts, batch.ltp,
-                                                batch.ltq, batch.oi):
-            publish(frame)
-            last[key] = frame
-            on_print(key, ts, ltp, ltq)
-            if closed := update(key, ts, ltp, ltq, oi):
-                on_candles(closed)
-        writer.add_tick_table(batch.table)
+        frames, table = batch.frames, batch.table
+        closed = builder.update_table(table)
+        sent = 0
+        if len(closed):
+            for row, candle_frame in zip(closed.get_column("row").to_list(), m.candle_frames(closed)):
+                publish_frames(frames[sent:row + 1])
+                publish(candle_frame)
+                sent = row + 1
+            writer.add_candle_table(closed)
+            counters.candles += len(closed)
+        publish_frames(frames[sent:] if sent else frames)
+        profiles.on_table(table)
+        last_frames.update(zip(batch.keys, frames))
+        writer.add_tick_table(table)
         counters.published += len(batch)
         counters.last_tick_ts = batch.ts[-1]
 

@@ -70,6 +70,21 @@ class ProfileFeed:
         engine.on_tick(ts, ltp, ltq)
         self._dirty.add(key)
 
+    def on_table(self, ticks) -> None:
+        """:meth:`on_print` for every row of a ``polars.DataFrame`` of ticks (``instrument_key,
+        ts, ltp, ltq``), in row order, calling into Python only for the instruments that get a
+        profile (an F&O day's option prints are skipped column-wise)."""
+        import polars as pl
+        keys = ticks.get_column("instrument_key").unique().to_list()
+        wanted = [k for k in keys if k not in self._skip and (k in self.engines or wants_profile(k))]
+        self._skip.update(k for k in keys if k not in self.engines and not wants_profile(k))
+        if not wanted:
+            return
+        rows = ticks.filter(pl.col("instrument_key").is_in(wanted)).select("instrument_key", "ts", "ltp", "ltq")
+        on_print = self.on_print
+        for key, ts, ltp, ltq in rows.iter_rows():
+            on_print(key, ts, ltp, ltq)
+
     def publish_due(self, now_ms: int | None = None, force: bool = False) -> int:
         """Publish each changed profile whose throttle allows it (all changed ones if ``force``).
         Returns how many were published."""

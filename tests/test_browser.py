@@ -208,6 +208,66 @@ def test_a_recorded_day_replays_on_the_page_and_back_to_live_restores_the_live_v
     page.close()
 
 
+def test_the_restart_button_restarts_that_strategy_only(replayed_day, browser):
+    page, errors = open_desk(browser, replayed_day)
+    page.on("dialog", lambda dialog: dialog.accept())            # the button's confirm()
+    before = replayed_day.health()["strategy_manager"]["details"]["strategies"]
+    target = "ib_breakout_nifty"
+    others = {name: s["pid"] for name, s in before.items() if name != target}
+    row = page.locator(f"#strategies-body tr[data-strategy='{target}']")
+    row.wait_for(timeout=10_000)
+    assert row.locator("td").nth(3).inner_text() == str(before[target]["pid"])
+    row.get_by_role("button", name="Restart").click()
+    # The panel shows the new pid once the manager reports it; the others keep theirs.
+    page.wait_for_function(f"""() => {{ const r = document.querySelector("#strategies-body tr[data-strategy='{target}']");
+                                      return r && r.cells[3].textContent !== '{before[target]['pid']}'
+                                             && r.cells[3].textContent !== '—' && r.cells[5].textContent === '1'; }}""",
+                           timeout=30_000)
+    after = replayed_day.health()["strategy_manager"]["details"]["strategies"]
+    assert after[target]["pid"] != before[target]["pid"] and after[target]["restarts"] == 1
+    assert int(row.locator("td").nth(3).inner_text()) == after[target]["pid"]
+    assert {name: after[name]["pid"] for name in others} == others
+    assert "restart ib_breakout_nifty" in page.locator("#strategies-note").inner_text()
+    page.locator(".strategies-panel").screenshot(path=str(ARTIFACTS / "desk-strategy-restarted.png"))
+    assert errors == []
+    page.close()
+
+
+FIREFOX = os.environ.get("AMT_FIREFOX", "/usr/bin/firefox-esr")
+FIREFOX_DRIVER = ROOT / "tests" / "firefox"
+
+
+def test_the_desk_in_firefox(replayed_day):
+    """The same page in Debian's Firefox ESR (driven by puppeteer-core over WebDriver BiDi, since
+    Playwright drives only its own patched Firefox build): the day's candles, the engine's levels,
+    the TPO profile, a signal marker and the health strip, with no console errors."""
+    if not Path(FIREFOX).exists() or not (FIREFOX_DRIVER / "node_modules" / "puppeteer-core").is_dir():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"the Firefox test needs {FIREFOX} (apt-get install firefox-esr) and "
+                               "npm ci --prefix tests/firefox")
+        pytest.skip("apt-get install firefox-esr and npm ci --prefix tests/firefox to run the Firefox test")
+    import json
+    import subprocess
+    bars = source_bars(DAY_FILE, DAY)
+    ARTIFACTS.mkdir(exist_ok=True)
+    proc = subprocess.run(["node", str(FIREFOX_DRIVER / "desk_check.mjs"),
+                           f"http://127.0.0.1:{replayed_day.port}/?instrument={KEY}", str(len(bars)),
+                           str(ARTIFACTS / "desk-firefox.png")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "AMT_FIREFOX": FIREFOX})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "Firefox/" in seen["userAgent"]
+    assert {(t - IST_OFFSET_S) * 1000: (o, h, l, c) for t, o, h, l, c in seen["bars"]} == bars
+    ticks = ReplaySource(DAY_FILE, dates=[DAY]).frame()
+    [expected] = compute_profiles(ticks.rename({"ltp": "price", "ltq": "qty"}).select("ts", "price", "qty"),
+                                  instrument_key=KEY)
+    assert (seen["lines"]["POC"], seen["lines"]["VAH"], seen["lines"]["VAL"]) == (expected.poc, expected.vah,
+                                                                                  expected.val)
+    assert seen["pocRow"] == expected.poc and seen["tpoRows"] > 5 and seen["markers"] >= 1
+    assert "DuckDB" in seen["health"]
+    assert seen["errors"] == []
+
+
 def test_the_page_recovers_after_the_api_server_is_killed(replayed_day, browser):
     page, errors = open_desk(browser, replayed_day)
     page.wait_for_function("() => window.amt.series.data().length > 300", timeout=15_000)

@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_handling.candles import (
+    CLOSED_COLUMNS,
     SESSION_ORIGIN_MS,
     CandleBuilder,
     candles_from_ticks,
+    candles_of,
     interval_ms,
 )
 from data_handling.replay import ReplaySource, read_bars, read_ticks
@@ -195,3 +197,49 @@ def test_streaming_equals_vectorised_on_random_tick_sequences(rows, interval):
     vec = candles_from_ticks(df, interval)
     assert got.equals(vec)
     assert vec["ticks"].sum() + b.late == len(ticks)
+
+
+def _row_by_row(builder: CandleBuilder, table: pl.DataFrame) -> list[tuple[int, Candle]]:
+    return [(i, c) for i, row in enumerate(table.select("instrument_key", "ts", "ltp", "ltq", "oi").iter_rows())
+            for c in builder.update_print(*row)]
+
+
+def _by_table(builder: CandleBuilder, table: pl.DataFrame) -> list[tuple[int, Candle]]:
+    closed = builder.update_table(table)
+    assert closed.columns == list(CLOSED_COLUMNS)
+    return list(zip(closed["row"].to_list(), candles_of(closed)))
+
+
+def test_table_updates_equal_row_by_row_on_the_real_fo_day(shared_data, monkeypatch):
+    # Every contract of 2022-11-18 in time order, in batches as the ingestor takes them.
+    src = ReplaySource(FO_TICKS, limit=400_000)
+    by_table, by_row = CandleBuilder("1m"), CandleBuilder("1m")
+    monkeypatch.setattr(by_table, "_update_rows", None)      # time-ordered: never row by row
+    closed = 0
+    for batch in src.batches(rows=25_000, frames=False):
+        got = _by_table(by_table, batch.table)
+        assert got == _row_by_row(by_row, batch.table)
+        closed += len(got)
+    assert closed > 20_000
+    assert by_table.flush() == by_row.flush() and by_table.late == by_row.late == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 8 * 60_000),
+                                 st.integers(1, 400).map(lambda p: p * 0.05), st.integers(0, 100),
+                                 st.integers(0, 10).map(float)), max_size=40), max_size=5),
+    st.booleans(), st.sampled_from(["1m", "3m"]),
+)
+def test_table_updates_equal_row_by_row_on_any_batches(batches, in_order, interval):
+    by_table, by_row = CandleBuilder(interval), CandleBuilder(interval)
+    schema = {"instrument_key": pl.String, "ts": pl.Int64, "ltp": pl.Float64, "ltq": pl.Int64, "oi": pl.Float64}
+    for i, rows in enumerate(batches):
+        if in_order:       # time-ordered batches take the column-wise path; others fall back
+            rows = sorted(rows, key=lambda r: r[1])
+        table = pl.DataFrame([(k, T0 + i * 60_000 + t, p, q, oi) for k, t, p, q, oi in rows],
+                             schema=schema, orient="row")
+        assert _by_table(by_table, table) == _row_by_row(by_row, table)
+        if i == 2:
+            assert by_table.flush() == by_row.flush()     # later ticks of flushed bars are late
+    assert by_table.flush() == by_row.flush() and by_table.late == by_row.late

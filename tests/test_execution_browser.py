@@ -59,6 +59,27 @@ def test_blotter_and_kill_switch_in_the_browser(tmp_path):
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.locator(".blotter-panel").screenshot(path=str(ARTIFACTS / "execution-blotter.png"))
 
+                # Each closed position is marked on its instrument's chart: a circle at the entry
+                # fill's minute, a square at the exit's naming the reason (times: IST-shifted seconds).
+                assert closed, "the replayed day trades"
+                for key in sorted({p.instrument_key for p in closed.values()}):
+                    page.select_option("#instrument", key)
+                    mine = [p for p in closed.values() if p.instrument_key == key]
+                    want = sorted([((p.entry_ts // 60_000) * 60 + 19_800, "entry") for p in mine]
+                                  + [((p.exit_ts // 60_000) * 60 + 19_800, "exit") for p in mine])
+                    page.wait_for_function(f"() => window.amt.state.selected === '{key}' && window.amt.markers"
+                                           f".markers().filter(m => m.kind !== 'signal').length === {len(want)}",
+                                           timeout=10_000)
+                    drawn = page.evaluate("() => window.amt.markers.markers().filter(m => m.kind !== 'signal')"
+                                          ".map(m => [m.time, m.kind, m.text])")
+                    assert sorted((t, kind) for t, kind, _ in drawn) == want
+                    reasons = {text.split()[1] for _, kind, text in drawn if kind == "exit"}
+                    labels = {"stop": "SL", "breakeven_stop": "BE", "target": "TGT", "time": "TIME",
+                              "square_off": "SQ", "kill_switch": "KILL"}
+                    assert reasons == {labels[p.exit_reason] for p in mine}
+                page.evaluate("() => window.amt.chart.timeScale().fitContent()")
+                page.locator(".chart-panel").screenshot(path=str(ARTIFACTS / "execution-markers.png"))
+
                 page.click("#kill-switch")
                 page.wait_for_selector("#kill-resume:not([hidden])", timeout=15_000)
                 assert "KILL SWITCH ON" in page.inner_text("#exec-state")

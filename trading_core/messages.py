@@ -281,6 +281,30 @@ def tick_frames(ticks, source: str) -> list[bytes]:
     return ticks.select(text.cast(pl.Binary)).to_series().to_list()
 
 
+def candle_frames(candles) -> list[bytes]:
+    """Bus frames of many final candles at once: what :func:`encode` makes of each row as a
+    :class:`Candle` on :func:`candle_topic`, built column-wise (see :func:`tick_frames`).
+
+    ``candles``: a ``polars.DataFrame`` with columns ``instrument_key, interval`` (String),
+    ``ts`` (Int64 bar open, epoch ms UTC), ``open, high, low, close`` (Float64 rupees),
+    ``volume`` (Int64 units), ``oi`` (Float64), ``ticks`` (Int64). One frame per row, in order.
+    """
+    import polars as pl
+
+    pairs = candles.select("instrument_key", "interval").unique().rows()
+    head = {f"{k}\x00{i}": f'{candle_topic(k, i)}\x00{{"type":"candle","v":{SCHEMA_VERSION},"instrument_key":'
+                          f'{_encoder.encode(k).decode()},"interval":{_encoder.encode(i).decode()},"ts":'
+            for k, i in pairs}
+    text = pl.concat_str([
+        pl.concat_str("instrument_key", pl.lit("\x00"), "interval").replace_strict(head, return_dtype=pl.String),
+        pl.col("ts").cast(pl.String), pl.lit(',"open":'), pl.col("open").cast(pl.String),
+        pl.lit(',"high":'), pl.col("high").cast(pl.String), pl.lit(',"low":'), pl.col("low").cast(pl.String),
+        pl.lit(',"close":'), pl.col("close").cast(pl.String), pl.lit(',"volume":'), pl.col("volume").cast(pl.String),
+        pl.lit(',"oi":'), pl.col("oi").cast(pl.String), pl.lit(',"ticks":'), pl.col("ticks").cast(pl.String),
+        pl.lit(',"final":true}')])
+    return candles.select(text.cast(pl.Binary)).to_series().to_list()
+
+
 # --- Market Profile (appended: trading_core.profile) ------------------------------------------
 class Profile(Message, tag="profile"):
     """Market Profile of one instrument's session, published on ``profile.<instrument_key>`` at

@@ -169,6 +169,7 @@ class BatchWriter:
         self.max_rows = max_rows
         self._ticks = _Columns(TICK_BASE_SCHEMA)
         self._tables: list = []                         # polars frames from add_tick_table
+        self._candle_tables: list = []                  # polars frames from add_candle_table
         self._table_rows = 0
         self._quotes: list[tuple[int, m.Quote]] = []   # (row in the tick buffer, quote)
         self._candles = _Columns(CANDLE_SCHEMA)
@@ -213,6 +214,12 @@ class BatchWriter:
                                    k.oi, k.ticks, self.source)):
             c[i].append(value)
 
+    def add_candle_table(self, candles) -> None:
+        """Buffer closed candles held as a ``polars.DataFrame`` with (at least) the columns of
+        ``candles_1m`` but ``source`` (e.g. :meth:`data_handling.candles.CandleBuilder.update_table`)."""
+        if len(candles):
+            self._candle_tables.append(candles.select(CANDLE_SCHEMA.names[:-1]))
+
     def maybe_handover(self) -> None:
         """Hand the buffers to the writer if ``flush_interval_s`` has passed."""
         if time.monotonic() - self._last_handover >= self.flush_interval_s:
@@ -224,20 +231,24 @@ class BatchWriter:
         ticks, candles = _with_quotes(self._ticks.take(), self._quotes), self._candles.take()
         self._quotes = []
         if self._tables:
-            tables = self._table_arrow(self._tables)
+            tables = self._table_arrow(self._tables, TICK_BASE_SCHEMA, backfilled=False)
             ticks = tables if ticks is None else pa.concat_tables([ticks, tables], promote_options="default")
             self._tables, self._table_rows = [], 0
+        if self._candle_tables:
+            tables = self._table_arrow(self._candle_tables, CANDLE_SCHEMA)
+            candles = tables if candles is None else pa.concat_tables([candles, tables])
+            self._candle_tables = []
         if ticks is None and candles is None:
             return
         if self.error is not None:
             raise RuntimeError(f"DuckDB writer failed: {self.error}") from self.error
         self._queue.put((ticks, candles, self._last_seq))
 
-    def _table_arrow(self, frames: list) -> pa.Table:
+    def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
         import polars as pl
         table = pl.concat(frames, rechunk=False).with_columns(
-            source=pl.lit(self.source), backfilled=pl.lit(False)).select(TICK_BASE_SCHEMA.names)
-        return table.to_arrow().cast(TICK_BASE_SCHEMA)
+            source=pl.lit(self.source), **{k: pl.lit(v) for k, v in constants.items()}).select(schema.names)
+        return table.to_arrow().cast(schema)
 
     def _run(self) -> None:
         while True:
