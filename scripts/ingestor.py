@@ -38,6 +38,7 @@ from trading_core import query as query_mod, query_server, views  # noqa: E402
 from trading_core import audit  # noqa: E402
 
 SERVICE = "ingestor"
+TABLE_MIN_ROWS = 16_384     # a replay batch this big takes the column-wise path (see on_batch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -268,26 +269,38 @@ def main(argv: list[str] | None = None) -> int:
         counters.last_tick_ts = tick.ts
 
     def on_batch(batch) -> None:
-        """A replay's run of ticks: the same work as on_tick, done column-wise where the order
-        allows (frames built and rows stored as tables, candles and profiles computed per
-        batch); only the sends are per tick, each closed candle right after the tick that
-        closed it, as on_tick publishes it. The ingestor's hot loop at full replay speed
+        """A replay's run of ticks: the same work as on_tick without a message object per tick
+        (frames pre-built column-wise, rows stored as a table). A big batch (a full-speed
+        replay) also computes its candles and profiles column-wise and sends its frames in
+        runs, each closed candle right after the tick that closed it, as on_tick publishes it;
+        a small one (a paced replay: the ticks due within 2 ms) goes tick by tick, since the
+        column-wise path costs about 3 ms a batch whatever its size, which would be latency
         (benchmarks/bench_system.py)."""
         if probe:
             probe.stamp_batch(batch.first_seq, len(batch))
         frames, table = batch.frames, batch.table
-        closed = builder.update_table(table)
-        sent = 0
-        if len(closed):
-            for row, candle_frame in zip(closed.get_column("row").to_list(), m.candle_frames(closed)):
-                publish_frames(frames[sent:row + 1])
-                publish(candle_frame)
-                sent = row + 1
-            writer.add_candle_table(closed)
-            counters.candles += len(closed)
-        publish_frames(frames[sent:] if sent else frames)
-        profiles.on_table(table)
-        last_frames.update(zip(batch.keys, frames))
+        if len(batch) < TABLE_MIN_ROWS:
+            update, on_print, last = builder.update_print, profiles.on_print, last_frames
+            for frame, key, ts, ltp, ltq, oi in zip(frames, batch.keys, batch.ts, batch.ltp,
+                                                    batch.ltq, batch.oi):
+                publish(frame)
+                last[key] = frame
+                on_print(key, ts, ltp, ltq)
+                if closed := update(key, ts, ltp, ltq, oi):
+                    on_candles(closed)
+        else:
+            closed = builder.update_table(table)
+            sent = 0
+            if len(closed):
+                for row, candle_frame in zip(closed.get_column("row").to_list(), m.candle_frames(closed)):
+                    publish_frames(frames[sent:row + 1])
+                    publish(candle_frame)
+                    sent = row + 1
+                writer.add_candle_table(closed)
+                counters.candles += len(closed)
+            publish_frames(frames[sent:] if sent else frames)
+            profiles.on_table(table)
+            last_frames.update(zip(batch.keys, frames))
         writer.add_tick_table(table)
         counters.published += len(batch)
         counters.last_tick_ts = batch.ts[-1]

@@ -309,24 +309,34 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- live -----------------------------------------------------------------------------------
     beat("running")
-    while not stopping.is_set():
-        if pending:
-            msg = pending.popleft()
-        else:
-            frame = bus.recv_raw(200)
-            msg = None
-            if frame is not None:
-                try:
-                    _, msg = m.decode(frame)
-                except ValueError as exc:
-                    info["errors"] += 1
-                    log.warning("undecodable bus frame skipped: %s", exc)
-        if msg is not None and not isinstance(msg, m.Health):
-            info["last_message_ts"] = int(time.time() * 1000)
+    handle, decode, health_type = runner.handle, m.decode, m.Health
+    while pending and not stopping.is_set():
+        msg = pending.popleft()
+        if not isinstance(msg, health_type):
             try:
-                runner.handle(msg)
+                handle(msg)
             except Exception:
                 return crash(f"handling {type(msg).__name__} {getattr(msg, 'ts', '')}")
+    while not stopping.is_set():
+        # A burst at a time: one poll, one heartbeat check and one clock read per burst, not per
+        # tick (a strategy may take every print of an option chain).
+        frames = bus.recv_batch(200)
+        handled = 0
+        for frame in frames:
+            try:
+                _, msg = decode(frame)
+            except ValueError as exc:
+                info["errors"] += 1
+                log.warning("undecodable bus frame skipped: %s", exc)
+                continue
+            if msg.__class__ is not health_type:
+                handled += 1
+                try:
+                    handle(msg)
+                except Exception:
+                    return crash(f"handling {type(msg).__name__} {getattr(msg, 'ts', '')}")
+        if handled:
+            info["last_message_ts"] = int(time.time() * 1000)
         beat("running")
     health.send("stopping", **info, **runner.stats())
     bus.close()

@@ -51,6 +51,7 @@ class StrategyRunner:
         self._publish = publish
         self._already = collections.Counter(tuple(k) for k in already_emitted)
         self.strategy = make(self._on_signal)
+        self._keys = frozenset(self.strategy.instruments)    # a set: a strategy may watch 1,000+ contracts
         self._last_candle: dict[str, int] = {}
         self.signals = self.suppressed = self.late = self.history = 0
         self._send_from = 0
@@ -91,12 +92,12 @@ class StrategyRunner:
         if isinstance(msg, Candle):
             self.candle(msg)
         elif isinstance(msg, Tick):
-            if msg.instrument_key in self.strategy.instruments:
+            if msg.instrument_key in self._keys:
                 self.ticks += 1
                 self.market_ts = max(self.market_ts, msg.ts)
                 self.strategy.on_tick(msg)
         elif isinstance(msg, Profile):
-            if msg.instrument_key in self.strategy.instruments:
+            if msg.instrument_key in self._keys:
                 self.profiles += 1
                 self.strategy.on_profile(msg)
 
@@ -104,7 +105,7 @@ class StrategyRunner:
         """Feed one closed candle unless it is not newer than its instrument's last one.
         Returns 1 if fed, else 0."""
         key = candle.instrument_key
-        if key not in self.strategy.instruments or not candle.final:
+        if key not in self._keys or not candle.final:
             return 0
         if candle.ts <= self._last_candle.get(key, -1):
             self.stale += 1

@@ -67,6 +67,31 @@ def test_malformed_frames_raise_value_error(frame):
         m.decode(frame)
 
 
+def test_recv_batch_returns_every_frame_in_order_in_bursts(proxy):
+    pub_ep, sub_ep = proxy
+    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
+    writer = bus.BusClient(pub_ep, sub_ep)
+    try:
+        assert reader.wait_ready(5) and writer.wait_ready(5)
+        assert reader.recv_batch(20) == [] and reader.received == 0          # a timeout: nothing
+        frames = [m.encode(m.tick_topic("NSE_FO|NIFTY-I"),
+                           m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=i, ltp=18_000.0 + i, ltq=50, seq=i))
+                  for i in range(2_500)]
+        for f in frames:
+            writer.publish_raw(f)
+        got, bursts = [], []
+        deadline = time.monotonic() + 10
+        while len(got) < len(frames) and time.monotonic() < deadline:
+            burst = reader.recv_batch(500, max_frames=1_000)
+            bursts.append(len(burst))
+            got += burst
+        assert got == frames and reader.received == len(frames)
+        assert max(bursts) <= 1_000 and len(bursts) < len(frames)           # bursts, not one by one
+    finally:
+        reader.close()
+        writer.close()
+
+
 # --- frame counters and the health report's bus rates ----------------------------------------
 
 def test_counters_are_exact_over_a_real_exchange_of_frames(proxy):

@@ -149,3 +149,51 @@ def test_an_unfiltered_snapshot_leaves_out_option_candles():
     assert set(everything["candles"]) == {"NSE_FO|NIFTY-I", "NSE_INDEX|Nifty 50"}
     named = hub.snapshot(frozenset({"NSE_FO|NIFTY22N2418300CE"}))
     assert set(named["candles"]) == {"NSE_FO|NIFTY22N2418300CE"}
+
+
+def test_the_column_wise_batch_path_equals_tick_by_tick(tmp_path, shared_data):
+    """What the ingestor does with a big replay batch (candles and profiles per batch, candle
+    frames built column-wise, candles stored as a table) equals its tick-by-tick path on the real
+    day's futures and three option contracts: the same candles closed after the same ticks, the
+    same frames, the same profiles, the same rows in ``candles_1m``."""
+    from data_handling.candles import CandleBuilder, candles_of
+    from scripts.profiles import ProfileFeed
+    keys = [f"NSE_FO|{p.stem}" for p in sorted((FO_TICKS / "Futures").glob("*.csv"))]
+    keys += ["NSE_FO|NIFTY22112418300CE", "NSE_FO|NIFTY22112418300PE", "NSE_FO|BANKNIFTY22112442500CE"]
+    src = ReplaySource(FO_TICKS, instruments=keys)
+    batches = list(src.batches(rows=20_000))
+    assert len(src) > 60_000 and len(batches) >= 3
+
+    rows_b, rows_p = CandleBuilder("1m"), ProfileFeed(lambda *a: None)
+    table_b, table_p = CandleBuilder("1m"), ProfileFeed(lambda *a: None)
+    by_row, by_table = [], []                  # (tick seq that closed it, frame)
+    dbs = {}
+    for name in ("rows", "table"):
+        con = persistence.connect(tmp_path / f"{name}.duckdb")
+        persistence.start_run(con, "r", "replay", "x")
+        dbs[name] = (con, persistence.BatchWriter(con, "r", "replay"))
+    for batch in batches:
+        for i, (key, ts, ltp, ltq, oi) in enumerate(zip(batch.keys, batch.ts, batch.ltp, batch.ltq, batch.oi)):
+            rows_p.on_print(key, ts, ltp, ltq)
+            for c in rows_b.update_print(key, ts, ltp, ltq, oi):
+                by_row.append((batch.first_seq + i, m.encode(m.candle_topic(c.instrument_key), c)))
+                dbs["rows"][1].add_candle(c)
+        closed = table_b.update_table(batch.table)
+        table_p.on_table(batch.table)
+        frames = m.candle_frames(closed)
+        assert [m.decode(f)[1] for f in frames] == candles_of(closed)
+        by_table += [(batch.first_seq + r, f) for r, f in zip(closed.get_column("row").to_list(), frames)]
+        dbs["table"][1].add_candle_table(closed)
+    assert len(by_row) > 1_000
+    assert [s for s, _ in by_table] == [s for s, _ in by_row]
+    assert [m.decode(f) for _, f in by_table] == [m.decode(f) for _, f in by_row]
+    assert table_b.flush() == rows_b.flush()
+    assert table_p.engines.keys() == rows_p.engines.keys() and len(rows_p.engines) == 9   # futures only
+    for key, engine in rows_p.engines.items():
+        assert table_p.engines[key].profile == engine.profile, key
+    stored = {}
+    for name, (con, writer) in dbs.items():
+        writer.close()
+        stored[name] = con.execute("SELECT * FROM candles_1m ORDER BY instrument_key, ts").fetchall()
+        con.close()
+    assert stored["table"] == stored["rows"] and len(stored["rows"]) == len(by_row)

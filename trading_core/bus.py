@@ -149,6 +149,25 @@ class BusClient:
         self.received += 1
         return frame
 
+    def recv_batch(self, timeout_ms: int, max_frames: int = 1024) -> list[bytes]:
+        """Every frame already waiting, up to ``max_frames``, waiting up to ``timeout_ms`` for
+        the first one: ``[]`` on timeout. One poll for a burst instead of one per frame, the
+        receive loop of a service that takes every tick (strategies, execution)."""
+        if self._pending:
+            frames = [self._pending.popleft() for _ in range(min(max_frames, len(self._pending)))]
+        elif not self._poller.poll(timeout_ms):
+            return []
+        else:
+            frames = []
+        recv = self.sub.recv
+        try:
+            while len(frames) < max_frames:
+                frames.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        self.received += len(frames)
+        return frames
+
     def recv(self, timeout_ms: int | None = None) -> tuple[str, m.AnyMessage] | None:
         """Next decoded ``(topic, message)``, or ``None`` on timeout.
 
