@@ -119,13 +119,14 @@ class BusClient:
         self.sub.setsockopt(zmq.SUBSCRIBE, prefix.encode() if isinstance(prefix, str) else prefix)
 
     def publish(self, topic: str, message: m.Message) -> None:
-        """Send ``message`` on ``topic`` (never blocks; see :data:`HWM`)."""
-        self.pub.send(m.encode(topic, message), copy=False)
+        """Send ``message`` on ``topic`` (never blocks; see :data:`HWM`). Frames are copied into
+        ZeroMQ: for frames this small that is faster than zero-copy (``benchmarks/bench_bus.py``)."""
+        self.pub.send(m.encode(topic, message))
         self.published += 1
 
     def publish_raw(self, frame: bytes) -> None:
-        """Send an already encoded frame."""
-        self.pub.send(frame, copy=False)
+        """Send an already encoded frame (copied, as :meth:`publish`)."""
+        self.pub.send(frame)
         self.published += 1
 
     def publish_frames(self, frames: Iterable[bytes]) -> None:
