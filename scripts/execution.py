@@ -308,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     while not stopping.is_set():
         for _ in range(10):                 # up to 10 bursts of 1,024 frames between housekeeping
             frames = bus.recv_batch(50)
+            rx_ms = engine.clock()              # when the burst arrived: one clock read, not one per tick
             for frame in frames:
                 try:
-                    handle(frame, engine, bus, event, log, ticks)
+                    handle(frame, engine, bus, event, log, ticks, rx_ms)
                 except Exception:  # noqa: BLE001 - one bad message must not stop trading
                     errors += 1
                     log.exception("failed on %r", frame[:120])
@@ -376,14 +377,15 @@ class TickSubscriptions:
 
 
 def handle(frame: bytes, engine: ExecutionEngine, bus: BusClient, event, log,
-           ticks: TickSubscriptions | None = None) -> None:
-    """Dispatch one bus frame: a tick, a signal or a control command."""
+           ticks: TickSubscriptions | None = None, rx_ms: int | None = None) -> None:
+    """Dispatch one bus frame: a tick, a signal or a control command. ``rx_ms``: wall ms (epoch
+    UTC) the frame arrived, default now."""
     sep = frame.find(m.SEPARATOR)
     if frame.startswith(b"tick."):
         key = frame[5:sep].decode()
         if engine.wants(key):
             t = _tick_decoder.decode(frame[sep + 1:])
-            engine.on_tick(key, t.ts, t.ltp, t.seq)
+            engine.on_tick(key, t.ts, t.ltp, t.seq, rx_ms)
         return
     _, msg = m.decode(frame)
     if isinstance(msg, m.Signal):

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- live -----------------------------------------------------------------------------------
     beat("running")
-    handle, decode, health_type = runner.handle, m.decode, m.Health
+    handle, decode, health_type = runner.handle, m.decode_message, m.Health
     while pending and not stopping.is_set():
         msg = pending.popleft()
         if not isinstance(msg, health_type):
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         handled = 0
         for frame in frames:
             try:
-                _, msg = decode(frame)
+                msg = decode(frame)
             except ValueError as exc:
                 info["errors"] += 1
                 log.warning("undecodable bus frame skipped: %s", exc)

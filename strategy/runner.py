@@ -89,14 +89,16 @@ class StrategyRunner:
 
     def handle(self, msg: Any) -> None:
         """One live bus message: ``Tick``, ``Candle`` or ``Profile`` (others are ignored)."""
-        if isinstance(msg, Candle):
-            self.candle(msg)
-        elif isinstance(msg, Tick):
+        cls = msg.__class__                     # ticks first: nearly every message is one
+        if cls is Tick:
             if msg.instrument_key in self._keys:
                 self.ticks += 1
-                self.market_ts = max(self.market_ts, msg.ts)
+                if msg.ts > self.market_ts:
+                    self.market_ts = msg.ts
                 self.strategy.on_tick(msg)
-        elif isinstance(msg, Profile):
+        elif cls is Candle:
+            self.candle(msg)
+        elif cls is Profile:
             if msg.instrument_key in self._keys:
                 self.profiles += 1
                 self.strategy.on_profile(msg)

@@ -65,6 +65,17 @@ def test_round_trip_keeps_schema_version_and_types():
 def test_malformed_frames_raise_value_error(frame):
     with pytest.raises(ValueError):
         m.decode(frame)
+    with pytest.raises(ValueError):
+        m.decode_message(frame)
+
+
+def test_decode_message_is_decode_without_the_topic():
+    frames = [m.encode(m.tick_topic("NSE_INDEX|Nifty 50"),
+                       m.Tick(instrument_key="NSE_INDEX|Nifty 50", ts=1_654_054_500_000, ltp=16602.2, ltq=0, seq=7)),
+              m.encode(m.candle_topic("NSE_FO|NIFTY-I"),
+                       m.Candle(instrument_key="NSE_FO|NIFTY-I", interval="1m", ts=60_000, open=1, high=3, low=0.5,
+                                close=2, volume=750, oi=1e7, ticks=4))]
+    assert [m.decode_message(f) for f in frames] == [m.decode(f)[1] for f in frames]
 
 
 def test_recv_batch_returns_every_frame_in_order_in_bursts(proxy):

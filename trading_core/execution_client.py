@@ -94,7 +94,7 @@ class PaperExecutionClient(ExecutionClient):
 
     def on_tick(self, instrument_key: str, ts: int, ltp: float) -> list[Outcome]:
         """Fills this print causes."""
-        return list(self.market.on_tick(instrument_key, ts, ltp))
+        return self.market.on_tick(instrument_key, ts, ltp)
 
     def resume(self, order: m.Order) -> None:
         """Re-queue an unfilled order from before a restart."""

@@ -255,6 +255,18 @@ def decode(frame: bytes) -> tuple[str, AnyMessage]:
     return topic, _decoder.decode(payload)
 
 
+def decode_message(frame: bytes) -> AnyMessage:
+    """The message of one bus frame, without its topic (what :func:`decode` returns second): for
+    receive loops that take every tick and dispatch on the message's type.
+
+    Raises ``ValueError`` (``msgspec.DecodeError`` is a subclass) on a malformed frame.
+    """
+    sep = frame.find(SEPARATOR)
+    if sep < 0:
+        raise ValueError(f"bus frame without topic separator: {frame[:60]!r}")
+    return _decoder.decode(frame[sep + 1:])
+
+
 def tick_frames(ticks, source: str) -> list[bytes]:
     """Bus frames of many ticks at once: what :func:`encode` makes of each row as a
     :class:`Tick` (no quote, not backfilled), built column-wise by polars in about a third of

@@ -246,7 +246,7 @@ class BatchWriter:
 
     def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
         import polars as pl
-        table = pl.concat(frames, rechunk=False).with_columns(
+        table = pl.concat(frames, rechunk=True).with_columns(
             source=pl.lit(self.source), **{k: pl.lit(v) for k, v in constants.items()}).select(schema.names)
         return table.to_arrow().cast(schema)
 
@@ -255,37 +255,71 @@ class BatchWriter:
             item = self._queue.get()
             if item is None:
                 return
-            ticks, candles, last_seq = item
-            started = time.perf_counter()
-            try:
-                self.con.execute("BEGIN")
-                if ticks is not None:
-                    self.con.register("_tick_batch", ticks)
-                    self.con.execute("INSERT INTO ticks BY NAME SELECT * FROM _tick_batch")
-                    self.con.unregister("_tick_batch")
-                    self.rows_written += ticks.num_rows
-                if candles is not None:
-                    self.con.register("_candle_batch", candles)
-                    self.con.execute("INSERT INTO candles_1m SELECT * FROM _candle_batch")
-                    self.con.unregister("_candle_batch")
-                self.con.execute("UPDATE feed_runs SET last_seq = ? WHERE run_id = ?",
-                                 [last_seq, self.run_id])
-                self.con.execute("COMMIT")
-                self.batches_written += 1
-                self.last_flush_ms = (time.perf_counter() - started) * 1000
-            except BaseException as exc:  # keep the feed alive; report through handover()
-                log.exception("DuckDB batch insert failed")
-                self.error = exc
+            # Group commit: when the writer is behind (a full-speed replay), the batches already
+            # queued go into one transaction, since each COMMIT costs more than its INSERTs
+            # (benchmarks/bench_storage.py).
+            items, stop = [item], False
+            while len(items) < GROUP_COMMIT_MAX:
                 try:
-                    self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                items.append(more)
+            self._write(items)
+            if stop:
+                return
+
+    def _write(self, items: list[tuple]) -> None:
+        """Insert the ``(ticks, candles, last_seq)`` hand-overs in one transaction."""
+        ticks = _concat([t for t, _, _ in items])
+        candles = _concat([c for _, c, _ in items])
+        last_seq = items[-1][2]
+        started = time.perf_counter()
+        try:
+            self.con.execute("BEGIN")
+            if ticks is not None:
+                self.con.register("_tick_batch", ticks)
+                self.con.execute("INSERT INTO ticks BY NAME SELECT * FROM _tick_batch")
+                self.con.unregister("_tick_batch")
+            if candles is not None:
+                self.con.register("_candle_batch", candles)
+                self.con.execute("INSERT INTO candles_1m SELECT * FROM _candle_batch")
+                self.con.unregister("_candle_batch")
+            self.con.execute("UPDATE feed_runs SET last_seq = ? WHERE run_id = ?",
+                             [last_seq, self.run_id])
+            self.con.execute("COMMIT")
+            if ticks is not None:
+                self.rows_written += ticks.num_rows
+            self.batches_written += 1
+            self.last_flush_ms = (time.perf_counter() - started) * 1000
+        except BaseException as exc:  # keep the feed alive; report through handover()
+            log.exception("DuckDB batch insert failed")
+            self.error = exc
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
 
     def close(self) -> None:
         """Write what is buffered, stop the writer thread and wait for it."""
         self.handover()
         self._queue.put(None)
         self._thread.join()
+
+
+GROUP_COMMIT_MAX = 8
+"""At most this many queued hand-overs share one transaction (BatchWriter._run)."""
+
+
+def _concat(tables: list) -> pa.Table | None:
+    """The non-None Arrow tables as one (columns missing from some are NULL there), or None."""
+    tables = [t for t in tables if t is not None]
+    if len(tables) <= 1:
+        return tables[0] if tables else None
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _with_quotes(table: pa.Table | None, quotes: list[tuple[int, m.Quote]]) -> pa.Table | None:
