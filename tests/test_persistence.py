@@ -81,3 +81,28 @@ def test_locked_file_names_the_holder(tmp_path):
         holder.wait()
     text = str(err.value)
     assert "\n" not in text and str(db) in text and f"PID {holder.pid}" in text
+
+
+def test_checkpoint_runs_after_the_batches_queued_before_it_and_keeps_every_row(tmp_path):
+    """BatchWriter.checkpoint (the ingestor's end of session): DuckDB's CHECKPOINT runs on the
+    writer thread after what was buffered, every row stays, and the WAL is folded into the file."""
+    import polars as pl
+    path = tmp_path / "c.duckdb"
+    con = persistence.connect(path)
+    persistence.start_run(con, "r", "replay", "x")
+    writer = persistence.BatchWriter(con, "r", "replay", flush_interval_s=3600)
+    rows = 0
+    for day in range(3):
+        table = pl.DataFrame({"instrument_key": ["NSE_FO|NIFTY-I"] * 1000,
+                              "ts": [1_668_742_500_000 + day * 86_400_000 + i for i in range(1000)],
+                              "ltp": [18_300.0 + i % 7 for i in range(1000)], "ltq": [50] * 1000,
+                              "oi": [1e7] * 1000, "seq": list(range(rows, rows + 1000))})
+        writer.add_tick_table(table)
+        rows += 1000
+        writer.checkpoint()
+    writer.close()
+    assert writer.checkpoints == 3 and writer.error is None
+    assert con.execute("SELECT count(*), count(DISTINCT seq) FROM ticks").fetchone() == (rows, rows)
+    wal = path.with_name(path.name + ".wal")
+    assert not wal.exists() or wal.stat().st_size == 0      # the last checkpoint folded the WAL in
+

@@ -178,6 +178,8 @@ class BatchWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self.rows_written = 0
         self.batches_written = 0
+        self.checkpoints = 0
+        self.checkpoints_skipped = 0
         self.last_flush_ms = 0.0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
@@ -244,6 +246,16 @@ class BatchWriter:
             raise RuntimeError(f"DuckDB writer failed: {self.error}") from self.error
         self._queue.put((ticks, candles, self._last_seq))
 
+    def checkpoint(self) -> None:
+        """Hand over what is buffered, then have the writer thread run DuckDB's ``CHECKPOINT``
+        (after the batches queued before it). Called by the ingestor when a session ends: DuckDB
+        holds the many small appends of a day in memory until a checkpoint folds them into the
+        file, so without one the ingestor's memory grew about 10 MB a session
+        (benchmarks/ingestor_memory.py). A failed checkpoint is logged, never raised: the data is
+        already committed."""
+        self.handover()
+        self._queue.put(_CHECKPOINT)
+
     def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
         import polars as pl
         table = pl.concat(frames, rechunk=True).with_columns(
@@ -258,19 +270,43 @@ class BatchWriter:
             # Group commit: when the writer is behind (a full-speed replay), the batches already
             # queued go into one transaction, since each COMMIT costs more than its INSERTs
             # (benchmarks/bench_storage.py).
-            items, stop = [item], False
+            if item is _CHECKPOINT:
+                self._checkpoint()
+                continue
+            items, marker = [item], _NOTHING
             while len(items) < GROUP_COMMIT_MAX:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    stop = True
+                if more is None or more is _CHECKPOINT:
+                    marker = more                 # written after the batches before it
                     break
                 items.append(more)
             self._write(items)
-            if stop:
+            if marker is _CHECKPOINT:
+                self._checkpoint()
+            elif marker is None:
                 return
+
+    def _checkpoint(self, attempts: int = 10, pause_s: float = 0.05) -> None:
+        # DuckDB refuses a CHECKPOINT while another cursor has a write transaction open; those
+        # are short, so try for half a second. Not FORCE CHECKPOINT: it waits for every open
+        # transaction, and a long one would stall the writer (and so the recording).
+        for _ in range(attempts):
+            try:
+                self.con.execute("CHECKPOINT")
+                self.checkpoints += 1
+                return
+            except duckdb.TransactionException as exc:
+                reason = exc
+                time.sleep(pause_s)
+            except duckdb.Error as exc:
+                reason = exc
+                break
+        self.checkpoints_skipped += 1
+        if self.checkpoints_skipped == 1:
+            log.warning("DuckDB CHECKPOINT skipped (later ones are counted in health, not logged): %s", reason)
 
     def _write(self, items: list[tuple]) -> None:
         """Insert the ``(ticks, candles, last_seq)`` hand-overs in one transaction."""
@@ -312,6 +348,8 @@ class BatchWriter:
 
 GROUP_COMMIT_MAX = 8
 """At most this many queued hand-overs share one transaction (BatchWriter._run)."""
+_CHECKPOINT = object()          # a queue item: run CHECKPOINT (BatchWriter.checkpoint)
+_NOTHING = object()
 
 
 def _concat(tables: list) -> pa.Table | None:
