@@ -106,3 +106,22 @@ def test_checkpoint_runs_after_the_batches_queued_before_it_and_keeps_every_row(
     wal = path.with_name(path.name + ".wal")
     assert not wal.exists() or wal.stat().st_size == 0      # the last checkpoint folded the WAL in
 
+
+
+def test_clearing_an_earlier_replay_leaves_no_transaction_open(tmp_path):
+    """The ingestor clears the replayed range on its main connection at start; nothing of that may
+    keep a transaction open, or DuckDB refuses every later CHECKPOINT and the ingestor's memory
+    grows with each session (benchmarks/ingestor_memory.py)."""
+    from trading_core import audit, views
+    con = persistence.connect(tmp_path / "c.duckdb")
+    views.install(con)
+    audit.install(con)
+    persistence.start_run(con, "r", "replay", "x")
+    keys = ["NSE_FO|NIFTY-I"]
+    persistence.clear_replayed_range(con, keys, 0, 2**62)
+    views.clear_replayed_signals(con, keys, 0, 2**62)
+    audit.clear_replayed(con, keys, 0, 2**62)
+    writer = persistence.BatchWriter(con, "r", "replay")
+    writer.checkpoint()
+    writer.close()
+    assert (writer.checkpoints, writer.checkpoints_skipped) == (1, 0)

@@ -166,7 +166,9 @@ def clear_replayed(con: duckdb.DuckDBPyConnection, keys: list[str], first_ts: in
     kinds = ",".join(f"'{k}'" for k in TRADING_KINDS)
     where = (f"source = 'replay' AND kind IN ({kinds}) AND instrument_key IN ({marks}) "
              f"AND ts BETWEEN ? AND ?")
-    n = con.execute(f"SELECT count(*) FROM events WHERE {where}", [*keys, first_ts, last_ts]).fetchone()[0]
+    # fetchall, not fetchone: an unfinished result keeps this connection's transaction open, and
+    # DuckDB then refuses every CHECKPOINT of the ingestor (BatchWriter.checkpoint)
+    n = con.execute(f"SELECT count(*) FROM events WHERE {where}", [*keys, first_ts, last_ts]).fetchall()[0][0]
     if n:
         con.execute(f"DELETE FROM events WHERE {where}", [*keys, first_ts, last_ts])
     return int(n)
