@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                     handle(msg)
                 except Exception:
                     return crash(f"handling {type(msg).__name__} {getattr(msg, 'ts', '')}")
+                if not handled & 63:        # a slow on_tick must not look stuck mid-burst
+                    beat("running")
         if handled:
             info["last_message_ts"] = int(time.time() * 1000)
         beat("running")

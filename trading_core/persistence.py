@@ -267,12 +267,12 @@ class BatchWriter:
             item = self._queue.get()
             if item is None:
                 return
-            # Group commit: when the writer is behind (a full-speed replay), the batches already
-            # queued go into one transaction, since each COMMIT costs more than its INSERTs
-            # (benchmarks/bench_storage.py).
             if item is _CHECKPOINT:
                 self._checkpoint()
                 continue
+            # Group commit: when the writer is behind (a full-speed replay), the batches already
+            # queued go into one transaction, since each COMMIT costs more than its INSERTs
+            # (benchmarks/bench_storage.py).
             items, marker = [item], _NOTHING
             while len(items) < GROUP_COMMIT_MAX:
                 try:
