@@ -34,7 +34,7 @@ from scripts import service  # noqa: E402
 from scripts.latency_probe import LatencyProbe  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
-from trading_core.sessions import DAY_MS, IST_OFFSET_MS  # noqa: E402
+from trading_core.sessions import ist_day  # noqa: E402
 from trading_core import query as query_mod, query_server, views  # noqa: E402
 from trading_core import audit  # noqa: E402
 
@@ -124,11 +124,6 @@ def health_loop(settings, counters: Counters, writer: persistence.BatchWriter, f
         reporter.send("stopping", ticks_published=counters.published, ticks_written=writer.rows_written)
     finally:
         bus.close()
-
-
-def ist_day_end_ms(ts_ms: int) -> int:
-    """Epoch ms (UTC) of the IST midnight after ``ts_ms``."""
-    return (ts_ms + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS + DAY_MS
 
 
 def connect_waiting(path: Path, wait_s: float = 10.0):
@@ -240,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = ProfileFeed(bus.publish)
     monotonic = time.monotonic
     housekeeping_due = 0.0
-    session_end_ms = 0                              # end of the IST day being recorded (epoch ms)
+    session_day = None                              # IST day number being recorded (sessions.ist_day)
     encode = m.encode
     tick_topic = m.tick_topic
     seq_offset = start_seq if feed in ("sim", "upstox") else 0
@@ -342,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             if (now := monotonic()) >= housekeeping_due:
                 housekeeping_due = now + 0.1
                 counters.last_tick_wall_ms = int(time.time() * 1000)
-                if counters.last_tick_ts >= session_end_ms:     # a new IST day: fold the last one in
-                    if session_end_ms:
+                if (day := ist_day(counters.last_tick_ts)) != session_day:   # a new IST day: fold the last one in
+                    if session_day is not None:
                         writer.checkpoint()
-                    session_end_ms = ist_day_end_ms(counters.last_tick_ts)
+                    session_day = day
                 writer.maybe_handover()
                 profiles.publish_due(counters.last_tick_wall_ms)
                 publish_last_ticks()

@@ -23,6 +23,20 @@ def proxy():
     thread.join(2)
 
 
+@pytest.fixture()
+def tick_pair(proxy):
+    """A ``(reader, writer)`` pair on the proxy, both ready: the reader takes every tick."""
+    pub_ep, sub_ep = proxy
+    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
+    writer = bus.BusClient(pub_ep, sub_ep)
+    try:
+        assert reader.wait_ready(5) and writer.wait_ready(5)
+        yield reader, writer
+    finally:
+        reader.close()
+        writer.close()
+
+
 def drain(client: bus.BusClient, timeout_ms: int = 300) -> list:
     out = []
     while (got := client.recv(timeout_ms)) is not None:
@@ -78,29 +92,22 @@ def test_decode_message_is_decode_without_the_topic():
     assert [m.decode_message(f) for f in frames] == [m.decode(f)[1] for f in frames]
 
 
-def test_recv_batch_returns_every_frame_in_order_in_bursts(proxy):
-    pub_ep, sub_ep = proxy
-    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
-    writer = bus.BusClient(pub_ep, sub_ep)
-    try:
-        assert reader.wait_ready(5) and writer.wait_ready(5)
-        assert reader.recv_batch(20) == [] and reader.received == 0          # a timeout: nothing
-        frames = [m.encode(m.tick_topic("NSE_FO|NIFTY-I"),
-                           m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=i, ltp=18_000.0 + i, ltq=50, seq=i))
-                  for i in range(2_500)]
-        for f in frames:
-            writer.publish_raw(f)
-        got, bursts = [], []
-        deadline = time.monotonic() + 10
-        while len(got) < len(frames) and time.monotonic() < deadline:
-            burst = reader.recv_batch(500, max_frames=1_000)
-            bursts.append(len(burst))
-            got += burst
-        assert got == frames and reader.received == len(frames)
-        assert max(bursts) <= 1_000 and len(bursts) < len(frames)           # bursts, not one by one
-    finally:
-        reader.close()
-        writer.close()
+def test_recv_batch_returns_every_frame_in_order_in_bursts(tick_pair):
+    reader, writer = tick_pair
+    assert reader.recv_batch(20) == [] and reader.received == 0          # a timeout: nothing
+    frames = [m.encode(m.tick_topic("NSE_FO|NIFTY-I"),
+                       m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=i, ltp=18_000.0 + i, ltq=50, seq=i))
+              for i in range(2_500)]
+    for f in frames:
+        writer.publish_raw(f)
+    got, bursts = [], []
+    deadline = time.monotonic() + 10
+    while len(got) < len(frames) and time.monotonic() < deadline:
+        burst = reader.recv_batch(500, max_frames=1_000)
+        bursts.append(len(burst))
+        got += burst
+    assert got == frames and reader.received == len(frames)
+    assert max(bursts) <= 1_000 and len(bursts) < len(frames)           # bursts, not one by one
 
 
 # --- frame counters and the health report's bus rates ----------------------------------------
@@ -139,24 +146,17 @@ def test_counters_are_exact_over_a_real_exchange_of_frames(proxy):
     assert bus.process_totals() == (base[0] + 301, base[1] + 300), "closed clients stay in the totals"
 
 
-def test_frames_kept_while_waiting_are_counted_when_returned(proxy):
-    pub_ep, sub_ep = proxy
-    reader = bus.BusClient(pub_ep, sub_ep, ["tick."])
-    writer = bus.BusClient(pub_ep, sub_ep)
-    try:
-        assert reader.wait_ready(5) and writer.wait_ready(5)
-        t = m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=1, ltp=18417.0, ltq=3750, seq=0)
-        writer.publish(m.tick_topic(t.instrument_key), t)
-        deadline = time.monotonic() + 5
-        while not reader.sub.poll(50) and time.monotonic() < deadline:
-            pass
-        assert reader.wait_ready(5)                 # the tick arrives during this wait: kept in _pending
-        assert reader.received == 0
-        assert reader.recv(1000) == ("tick.NSE_FO|NIFTY-I", t)
-        assert reader.received == 1
-    finally:
-        reader.close()
-        writer.close()
+def test_frames_kept_while_waiting_are_counted_when_returned(tick_pair):
+    reader, writer = tick_pair
+    t = m.Tick(instrument_key="NSE_FO|NIFTY-I", ts=1, ltp=18417.0, ltq=3750, seq=0)
+    writer.publish(m.tick_topic(t.instrument_key), t)
+    deadline = time.monotonic() + 5
+    while not reader.sub.poll(50) and time.monotonic() < deadline:
+        pass
+    assert reader.wait_ready(5)                 # the tick arrives during this wait: kept in _pending
+    assert reader.received == 0
+    assert reader.recv(1000) == ("tick.NSE_FO|NIFTY-I", t)
+    assert reader.received == 1
 
 
 def test_health_report_carries_the_process_bus_rates(proxy):

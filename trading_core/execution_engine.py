@@ -42,7 +42,8 @@ import msgspec.structs
 from trading_core import messages as m
 from trading_core.execution_client import ExecutionClient
 from trading_core.paper import PaperConfig, PositionBook, PositionState, Update, opposite
-from trading_core.risk import DAY_MS, IST_OFFSET_MS, RiskBook, ist_date, rejection, signal_id
+from trading_core.risk import RiskBook, ist_date, rejection, signal_id
+from trading_core.sessions import ist_day
 
 Publish = Callable[[str, m.Message], None]
 EXIT_RETRY_MS = 5_000        # a rejected exit order is sent again at most this often (wall ms)
@@ -57,24 +58,19 @@ class TickBuffer:
     """The current IST day's ticks of one instrument, in compact arrays: ``ts``, ``seq``, ``ltp``
     and ``rx`` (wall ms when received). At most ``cap`` ticks (the oldest are dropped)."""
 
-    __slots__ = ("day", "ts", "seq", "ltp", "rx", "cap", "dropped", "_day_from", "_day_to")
+    __slots__ = ("day", "ts", "seq", "ltp", "rx", "cap", "dropped", "_day_no")
 
     def __init__(self, cap: int):
         self.cap = cap
         self.day = None
-        self._day_from = self._day_to = 0          # [from, to) epoch ms of ``day``: no date per tick
+        self._day_no = None                        # ist_day() of ``day``: an int compare per tick, not a date
         self.ts, self.seq, self.ltp, self.rx = array.array("q"), array.array("q"), array.array("d"), array.array("q")
         self.dropped = False
 
     def add(self, ts: int, seq: int, ltp: float, rx: int) -> None:
-        if not self._day_from <= ts < self._day_to:
-            day = ist_date(ts)
-            self._day_from = (ts + IST_OFFSET_MS) // DAY_MS * DAY_MS - IST_OFFSET_MS
-            self._day_to = self._day_from + DAY_MS
-        else:
-            day = self.day
-        if day != self.day:
-            self.day = day
+        day_no = ist_day(ts)
+        if day_no != self._day_no:
+            self._day_no, self.day = day_no, ist_date(ts)
             del self.ts[:], self.seq[:], self.ltp[:], self.rx[:]
             self.dropped = False
         if len(self.ts) >= self.cap:
