@@ -48,7 +48,8 @@ BAR_TICK_OFFSETS_MS = (0, 15_000, 30_000, 45_000)
 BAR_SUFFIX = ".txt"
 TICK_SUFFIX = ".csv"
 SLEEP_QUANTUM_S = 0.002
-"""Pacing sleeps only once the replay is this far ahead of schedule (seconds)."""
+"""A paced replay's batch holds the ticks due within this many seconds of the first (sent up to
+this early), so the feed sends one batch per quantum rather than one per tick."""
 CHUNK = 65_536
 """Rows converted to Python objects at a time while iterating."""
 
@@ -616,8 +617,9 @@ class ReplaySource:
         ``speed == 0`` and ``rate == 0``: batches of ``rows`` ticks, never sleeping. Otherwise
         each tick has a due time after the first (``rate``: ``i / rate`` seconds; ``speed``:
         the market-time gap since the previous tick ``/ speed``, gaps over ``max_gap_ms``
-        counting as 0); the iterator sleeps only once it is at least
-        :data:`SLEEP_QUANTUM_S` ahead, and each batch holds the ticks due by then. The
+        counting as 0); when its next tick is not yet due the iterator sleeps until it is,
+        then yields that tick with every tick due within :data:`SLEEP_QUANTUM_S` after it
+        (one batch per quantum at a steady rate, each tick at most a quantum early). The
         schedule is kept on ``time.monotonic`` (or, with an injected fake sleep, on the sum
         of the sleeps asked for), so a slow consumer catches up rather than drifting.
         Raises ``ValueError`` if ``start_seq`` is not in ``0..len(self)``.
@@ -647,7 +649,7 @@ class ReplaySource:
             j = 0
             while j < len(d):
                 ahead = d[j] - max(clock() - t0, slept)
-                if ahead > SLEEP_QUANTUM_S:
+                if ahead > 0:           # nothing due yet: wait for it, never spin on tiny batches
                     sleep(ahead)
                     slept += ahead
                 now = max(clock() - t0, slept)

@@ -81,6 +81,30 @@ def test_paced_batches_hold_the_ticks_due_together(futures, monkeypatch):
     assert sum(slept) == pytest.approx(batches[-1].first_seq / 10_000, abs=1e-6)
 
 
+def test_a_busy_consumer_still_gets_one_batch_per_quantum(futures, monkeypatch):
+    # The consumer (the ingestor publishing a batch) takes 0.3 ms of the clock per batch. A pacer
+    # that sleeps only when it is a whole quantum ahead never sleeps here: it hands over the
+    # 3 ticks that fell due meanwhile, again and again, and wakes every subscriber per handful.
+    clock = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr("data_handling.replay.time.monotonic", lambda: clock[0])
+    src = ReplaySource(FO_TICKS / "Futures", rate=10_000, limit=5_000, sleep=sleep)
+    sizes = []
+    for batch in src.batches():
+        sizes.append(len(batch))
+        clock[0] += 0.0003
+    assert sum(sizes) == 5_000
+    assert sorted(sizes)[len(sizes) // 2] >= 20           # the median batch: the ticks of 2 ms
+    assert len(sizes) <= 5_000 / 20 + 3 and len(slept) >= len(sizes) - 3
+    # no tick is handed over before it is due less the quantum, nor later than the work allows
+    assert sum(slept) + 0.0003 * len(sizes) == pytest.approx(clock[0] - 100.0)
+
+
 def test_last_ticks_carry_the_last_tick_of_each_instrument_to_the_hub(futures):
     last: dict[str, bytes] = {}
     for batch in futures.batches(rows=5_000):
