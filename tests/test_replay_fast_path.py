@@ -60,15 +60,23 @@ def test_tick_tables_are_stored_like_ticks(futures, tmp_path):
     assert persistence.start_run(con, "r", "replay", "x") == len(futures)      # resumes after the last
 
 
-def test_paced_batches_hold_the_ticks_due_together(futures, monkeypatch):
-    clock = [100.0]                                     # a clock that only sleeping advances
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """``(clock, slept, sleep)``: the replay's ``time.monotonic`` reads ``clock[0]`` (starting at
+    100 s), which only ``sleep`` (recording each request in ``slept``) or the test advances."""
+    clock = [100.0]
+    slept: list[float] = []
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
         clock[0] += seconds
 
-    slept: list[float] = []
     monkeypatch.setattr("data_handling.replay.time.monotonic", lambda: clock[0])
+    return clock, slept, sleep
+
+
+def test_paced_batches_hold_the_ticks_due_together(futures, fake_clock):
+    _, slept, sleep = fake_clock
     src = ReplaySource(FO_TICKS / "Futures", rate=10_000, limit=5_000, sleep=sleep)
     batches = list(src.batches())
     assert [t.seq for b in batches for t in b.ticks()] == list(range(5_000))
@@ -81,18 +89,11 @@ def test_paced_batches_hold_the_ticks_due_together(futures, monkeypatch):
     assert sum(slept) == pytest.approx(batches[-1].first_seq / 10_000, abs=1e-6)
 
 
-def test_a_busy_consumer_still_gets_one_batch_per_quantum(futures, monkeypatch):
+def test_a_busy_consumer_still_gets_one_batch_per_quantum(futures, fake_clock):
     # The consumer (the ingestor publishing a batch) takes 0.3 ms of the clock per batch. A pacer
     # that sleeps only when it is a whole quantum ahead never sleeps here: it hands over the
     # 3 ticks that fell due meanwhile, again and again, and wakes every subscriber per handful.
-    clock = [100.0]
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock[0] += seconds
-
-    monkeypatch.setattr("data_handling.replay.time.monotonic", lambda: clock[0])
+    clock, slept, sleep = fake_clock
     src = ReplaySource(FO_TICKS / "Futures", rate=10_000, limit=5_000, sleep=sleep)
     sizes = []
     for batch in src.batches():
