@@ -10,7 +10,8 @@ weekdays, as in ``bench_system.py``'s memory part, fed in batches of 20 ticks (a
 size) to the ingestor's own pieces: ``CandleBuilder.update_print``, ``ProfileFeed.on_print`` and
 ``persistence.BatchWriter`` (``add_tick_table``, a hand-over every 50 batches). ``--parts``:
 ``all`` (default), ``db`` (the writer only) or ``nodb`` (candles and profiles only). Prints one
-line per session: ``parts date rss_mb``; writes nothing else (the DuckDB file is temporary).
+line per session: ``parts date rss_mb duckdb_mb python_blocks`` (DuckDB's own count of
+the memory it holds, ``duckdb_memory()``; ``sys.getallocatedblocks()``); writes nothing else (the DuckDB file is temporary).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from data_handling.replay import ReplaySource  # noqa: E402
 from scripts.profiles import ProfileFeed  # noqa: E402
 from strategy.base import ist_date  # noqa: E402
 from trading_core import audit, persistence, views  # noqa: E402
+
+
+def duckdb_mb(con) -> float:
+    """Megabytes DuckDB says it holds (``duckdb_memory()``, all tags)."""
+    return con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0] / 1e6
 
 
 def main() -> int:
@@ -60,8 +66,11 @@ def main() -> int:
                 if n % 50 == 0:
                     writer.maybe_handover()
             if (d := ist_date(batch.ts[-1])) != day:
+                if day is not None and args.parts != "nodb":
+                    writer.checkpoint()             # as the ingestor does at each new IST day
                 day = d
-                print(f"{args.parts} {d} {proc.memory_info().rss / 1e6:.1f}", flush=True)
+                print(f"{args.parts} {d} {proc.memory_info().rss / 1e6:.1f} "
+                      f"{duckdb_mb(con):.1f} {sys.getallocatedblocks()}", flush=True)
         writer.close()
         con.close()
     return 0

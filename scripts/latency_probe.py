@@ -27,7 +27,7 @@ class LatencyProbe:
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / FILE_NAME
         self._blocks: list[np.ndarray] = []
-        self._current = np.empty((_BLOCK, 2), dtype=np.int64)
+        self._current = np.empty((_BLOCK, 3), dtype=np.int64)   # [first_seq, count, recv_ns]
         self._n = 0
 
     @classmethod
@@ -46,24 +46,27 @@ class LatencyProbe:
 
     def stamp_batch(self, first_seq: int, count: int) -> None:
         """Stamp ``count`` ticks with consecutive ``seq`` from ``first_seq``, all taken from the
-        feed now (a replay hands the ingestor the ticks due within 2 ms as one batch)."""
-        now = time.time_ns()
-        while count:
-            if self._n == _BLOCK:
-                self._blocks.append(self._current)
-                self._current = np.empty((_BLOCK, 2), dtype=np.int64)
-                self._n = 0
-            take = min(count, _BLOCK - self._n)
-            rows = self._current[self._n:self._n + take]
-            rows[:, 0] = np.arange(first_seq, first_seq + take)
-            rows[:, 1] = now
-            self._n += take
-            first_seq += take
-            count -= take
+        feed now (a replay hands the ingestor the ticks due within 2 ms as one batch). Kept as
+        one row per batch, so a long run's stamps take little memory (the memory benchmark
+        runs with the probe on)."""
+        if self._n == _BLOCK:
+            self._blocks.append(self._current)
+            self._current = np.empty((_BLOCK, 3), dtype=np.int64)
+            self._n = 0
+        self._current[self._n] = (first_seq, count, time.time_ns())
+        self._n += 1
+
+    def stamps(self) -> np.ndarray:
+        """Every stamp so far, one row per tick: int64 ``(n, 2)``, rows ``[seq, recv_ns]``."""
+        batches = np.concatenate([*self._blocks, self._current[: self._n]])
+        first, count, recv = batches[:, 0], batches[:, 1], batches[:, 2]
+        starts = np.repeat(first - np.cumsum(count) + count, count)     # each batch's first seq, per tick
+        seq = starts + np.arange(int(count.sum()), dtype=np.int64)
+        return np.column_stack([seq, np.repeat(recv, count)])
 
     def dump(self) -> Path:
         """Write every stamp so far to ``DIR/ingestor_recv.npy`` (atomically); return the path."""
-        stamps = np.concatenate([*self._blocks, self._current[: self._n]])
+        stamps = self.stamps()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npy")
         np.save(tmp, stamps)

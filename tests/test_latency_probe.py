@@ -43,3 +43,13 @@ def test_batches_are_stamped_like_single_ticks(shared_data, tmp_path, monkeypatc
     assert (stamps[:, 0] == np.arange(5_000)).all()
     assert (np.diff(stamps[:, 1]) >= 0).all()
     assert len(np.unique(stamps[:, 1])) <= 8           # one time per batch of 700
+
+
+def test_a_resumed_feed_keeps_its_seq_and_each_batch_its_time(tmp_path):
+    probe = LatencyProbe(tmp_path)
+    for first, count in ((5_000, 3), (5_003, 1), (7_000, 2)):      # a restart resumes at 7,000
+        probe.stamp_batch(first, count)
+    stamps = probe.stamps()
+    assert stamps[:, 0].tolist() == [5_000, 5_001, 5_002, 5_003, 7_000, 7_001]
+    assert len(set(stamps[:3, 1])) == 1 and len(set(stamps[4:, 1])) == 1
+    assert stamps[3, 1] >= stamps[0, 1] and stamps[4, 1] >= stamps[3, 1]
