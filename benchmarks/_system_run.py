@@ -286,6 +286,7 @@ class RunResult:
     ws_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     health_counts: dict[str, int] = dataclasses.field(default_factory=dict)    # strategy -> ticks
     strategy_health: dict[str, dict] = dataclasses.field(default_factory=dict)  # last health details
+    ingestor_health: dict = dataclasses.field(default_factory=dict)           # its last health.ingestor
     written_ns: int | None = None         # the first health report with every tick committed to DuckDB
     strategies_done_ns: int | None = None  # first time health showed every strategy at total
     written_before_ns: int | None = None  # the last health report before, with rows missing
@@ -350,6 +351,7 @@ def run_system(spec: RunSpec, say: Callable[[str], None] = lambda s: None) -> Ru
         procs.update(system_processes(system.proc.pid))
         result.rss_end = rss_mb(procs)
         result.strategy_health = {n: dict(tap.health.get(f"strategy.{n}", {})) for n in names}
+        result.ingestor_health = dict(tap.health.get("ingestor", {}))
         if spec.before_stop is not None:
             result.extra = spec.before_stop(system, {o: _endpoint(cmd, o) for o in
                                                      ("--bus-pub", "--bus-sub", "--query-endpoint")})

@@ -387,6 +387,9 @@ class Parts:
         if r.extra:
             b.row(f"the ingestor's DuckDB after {a.sessions} sessions (`duckdb_memory()`, MB)",
                   ", ".join(f"{k} {v:,.1f}" for k, v in r.extra.items() if v >= 0.1) or "nothing above 0.1 MB")
+            h = r.ingestor_health
+            b.row("the ingestor's DuckDB CHECKPOINTs (one at each new IST day and at the end of the replay)",
+                  f"{h.get('checkpoints', '?')} done, {h.get('checkpoints_skipped', '?')} skipped")
             if "net_slope" in (t := table.get("ingestor", {})):
                 b.row("RSS ingestor beside DuckDB's block cache (what DuckDB holds is the recorded data, "
                       "evicted at its `memory_limit`; judged flat on this)",
