@@ -122,6 +122,11 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
         raise DatabaseLockedError(
             f"DuckDB file {path} is locked by another process{who}; stop that process "
             f"or use another file with --db / DUCKDB_PATH") from None
+    # DuckDB's jemalloc frees memory back to the OS only when it allocates again, unless its
+    # background threads purge it: without them, a recorder that goes idle after a CHECKPOINT
+    # (the end of a replay, a night after the close) keeps that CHECKPOINT's 70-100 MB of
+    # freed pages for good (benchmarks/bench_system.py --only memory --sessions 30).
+    con.execute("SET allocator_background_threads = true")
     con.execute(SCHEMA)
     return con
 
