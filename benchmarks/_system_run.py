@@ -170,7 +170,8 @@ class WsTap(threading.Thread):
 # --------------------------------------------------------------------------- processes
 def system_processes(root_pid: int) -> dict[str, psutil.Process]:
     """The processes of one ``run.py`` by role: ``supervisor``, ``bus``, ``api``,
-    ``strategy_manager``, ``execution``, ``ingestor``, ``strategy.<NAME>``."""
+    ``strategy_manager``, ``execution``, ``ingestor``, ``recorder`` (the ingestor's DuckDB process),
+    ``strategy.<NAME>``."""
     out: dict[str, psutil.Process] = {}
     try:
         root = psutil.Process(root_pid)
@@ -179,7 +180,8 @@ def system_processes(root_pid: int) -> dict[str, psutil.Process]:
     except psutil.Error:
         return out
     roles = {"scripts/bus.py": "bus", "api/server.py": "api", "strategy_manager.py": "strategy_manager",
-             "scripts/execution.py": "execution", "scripts/ingestor.py": "ingestor"}
+             "scripts/execution.py": "execution", "scripts/ingestor.py": "ingestor",
+             "scripts/recorder.py": "recorder"}
     for p in children:
         try:
             cmd = p.cmdline()
@@ -421,7 +423,7 @@ def _poll(system: System, tap: BusTap, names: list[str], spec: RunSpec, result: 
         if system.proc.poll() is not None:
             result.failure = f"run.py exited with code {system.proc.returncode}"
             return
-        if not procs.get("ingestor"):
+        if not procs.get("ingestor") or not procs.get("recorder"):
             procs.update(system_processes(system.proc.pid))
         ing = tap.health.get("ingestor", {})
         total = ing.get("replay_total")

@@ -8,7 +8,7 @@
 
 Every run is the real system as a user starts it (``python3 run.py`` through
 ``tests/system_harness.System``: free ports, a temporary DuckDB file): bus, API server, strategy
-manager with 4 strategy processes, execution service, and the ingestor replaying the real F&O day
+manager with 4 strategy processes, execution service, and the ingestor (with its DuckDB recorder process) replaying the real F&O day
 ``../shared/data/nse-fo-ticks/2022-11-18`` (2,777,447 prints of 1,381 contracts, merged in time
 order) with the replay options ``--rate`` (constant ticks/s), ``--limit`` and ``--speed 0``. The
 strategies are ``benchmarks/echo_strategy.py``, each subscribed to every replayed instrument; a
@@ -367,8 +367,8 @@ class Parts:
         res["sessions"], res["ticks_per_session"] = a.sessions, per_session
         res["dates"] = [d.isoformat() for d in dates]
         table = memory_table(samples)
-        if r.extra and "ingestor" in table:
-            net_of_duckdb_cache(table["ingestor"], sum(r.extra.values()), a.sessions)
+        if r.extra and "recorder" in table:
+            net_of_duckdb_cache(table["recorder"], sum(r.extra.values()), a.sessions)
         res["growth"] = table
         res["duckdb_memory_mb"] = r.extra
         self.bench.data["memory"] = res
@@ -385,13 +385,13 @@ class Parts:
                   f"{k} {t['slope']:+.2f} MB a session while replaying, {t['growth']:+.1f} MB at the end"
                   for k, t in table.items() if not t["flat"]))
         if r.extra:
-            b.row(f"the ingestor's DuckDB after {a.sessions} sessions (`duckdb_memory()`, MB)",
+            b.row(f"the recorder's DuckDB after {a.sessions} sessions (`duckdb_memory()`, MB)",
                   ", ".join(f"{k} {v:,.1f}" for k, v in r.extra.items() if v >= 0.1) or "nothing above 0.1 MB")
             h = r.ingestor_health
-            b.row("the ingestor's DuckDB CHECKPOINTs (one at each new IST day and at the end of the replay)",
+            b.row("the recorder's DuckDB CHECKPOINTs (one at each new IST day and at the end of the replay)",
                   f"{h.get('checkpoints', '?')} done, {h.get('checkpoints_skipped', '?')} skipped")
-            if "net_slope" in (t := table.get("ingestor", {})):
-                b.row("RSS ingestor beside DuckDB's block cache (what DuckDB holds is the recorded data, "
+            if "net_slope" in (t := table.get("recorder", {})):
+                b.row("RSS recorder beside DuckDB's block cache (what DuckDB holds is the recorded data, "
                       "evicted at its `memory_limit`; judged flat on this)",
                       f"{t['net_slope']:+.2f} MB a session while replaying, {t['net_growth']:+.1f} MB at the end")
         b.headline(f"largest RSS growth over {a.sessions} sessions",
@@ -506,7 +506,7 @@ def make_sessions(tmp: Path, files: list[str], n: int) -> tuple[Path, list[dt.da
 
 
 def duckdb_memory(system, endpoints: dict[str, str]) -> dict[str, float] | None:
-    """DuckDB's own memory use by tag (``duckdb_memory()``, MB) in the running ingestor, asked
+    """DuckDB's own memory use by tag (``duckdb_memory()``, MB) in the running recorder (the ingestor's DuckDB process), asked
     through its query service as ``python3 run.py sql`` would; None if it does not answer."""
     import dataclasses
     from trading_core import query_client, settings as settings_mod
@@ -523,7 +523,7 @@ def duckdb_memory(system, endpoints: dict[str, str]) -> dict[str, float] | None:
 
 
 def net_of_duckdb_cache(t: dict[str, Any], cache_mb: float, sessions: int) -> None:
-    """Add ``net_slope`` / ``net_growth`` to the ingestor's :func:`memory_table` entry: its RSS
+    """Add ``net_slope`` / ``net_growth`` to the recorder's :func:`memory_table` entry: its RSS
     slope and growth less DuckDB's own count of what it holds after ``sessions`` sessions
     (``duckdb_memory()``, ``cache_mb``), taken as growing evenly with the sessions recorded,
     and judge ``flat`` on those. DuckDB keeps the blocks of the tables it wrote in its buffer
@@ -650,7 +650,7 @@ def main() -> int:
     bench = common.Bench("system", "The whole system end to end (bench_system.py)",
                          ["zmq", "msgspec", "duckdb", "polars", "numpy", "psutil"], mode,
                          note=("2" if args.smoke else "4") + " echo strategy processes, API server with one "
-                              "WebSocket client, execution, ingestor with DuckDB; real ticks of 2022-11-18")
+                              "WebSocket client, execution, ingestor and its DuckDB recorder; real ticks of 2022-11-18")
     parts = Parts(bench, args)
     if args.smoke:
         parts.smoke()

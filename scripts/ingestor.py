@@ -35,8 +35,9 @@ from scripts.latency_probe import LatencyProbe  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
 from trading_core.sessions import ist_day  # noqa: E402
-from trading_core import query as query_mod, query_server, views  # noqa: E402
+from trading_core import views  # noqa: E402
 from trading_core import audit  # noqa: E402
+from scripts.recorder import RecorderError, RecorderLink, connect_waiting  # noqa: E402
 
 SERVICE = "ingestor"
 TABLE_MIN_ROWS = 16_384     # a replay batch this big takes the column-wise path (see on_batch)
@@ -107,57 +108,26 @@ class Counters:
         self.status = "starting"
 
 
-def health_loop(settings, counters: Counters, writer: persistence.BatchWriter, feed: str,
+def health_loop(settings, counters: Counters, writer: RecorderLink, feed: str,
                 stop: threading.Event, extra=lambda: {}) -> None:
-    """Publish ``health.ingestor`` once a second from its own socket (ZeroMQ sockets are per thread)."""
+    """Publish ``health.ingestor`` once a second from its own socket (ZeroMQ sockets are per
+    thread), with the recorder process's counts as of its last stats."""
     bus = BusClient(settings.bus_pub, settings.bus_sub)
     reporter = service.HealthReporter(bus, SERVICE)
     try:
         while not stop.is_set():
+            writer.poll_stats(0)
             reporter.send(counters.status, feed=feed, ticks_published=counters.published,
                           ticks_written=writer.rows_written, candles=counters.candles,
                           replay_total=counters.total, last_tick_ts=counters.last_tick_ts,
                           last_tick_wall_ms=counters.last_tick_wall_ms,
                           last_flush_ms=round(writer.last_flush_ms, 3), checkpoints=writer.checkpoints,
-                          checkpoints_skipped=writer.checkpoints_skipped, **extra())
+                          checkpoints_skipped=writer.checkpoints_skipped, recorder_pid=writer.pid,
+                          **writer.research, **extra())
             stop.wait(1.0)
         reporter.send("stopping", ticks_published=counters.published, ticks_written=writer.rows_written)
     finally:
         bus.close()
-
-
-def connect_waiting(path: Path, wait_s: float = 10.0):
-    """``persistence.connect``, retrying for up to ``wait_s`` while the file is locked: a research
-    query that opened it read-only a moment before the system started holds it briefly."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            con = persistence.connect(path)
-            break
-        except persistence.DatabaseLockedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
-    views.install(con)
-    audit.install(con)         # the audit trail (trading_core/audit.py)
-    return con
-
-
-def start_query_server(con, settings: settings_mod.Settings, log) -> query_server.QueryServer | None:
-    """Serve research SQL on ``QUERY_ENDPOINT`` (see trading_core/query_server.py). Recording
-    matters more than research: if the endpoint cannot be bound, log it and go on without."""
-    server = query_server.QueryServer(
-        con, settings.query_endpoint,
-        query_mod.Limits(settings.query_timeout_s, settings.query_max_rows),
-        before_query=views.before_query, db_label=str(settings.duckdb_path))
-    try:
-        server.start()
-    except Exception as exc:  # noqa: BLE001 - zmq.ZMQError (address in use), bad endpoint
-        log.error("query service not started on %s (%s); research queries will fail until the "
-                  "ingestor restarts", settings.query_endpoint, exc)
-        server.stop()
-        return None
-    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,10 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         stopping.wait(seconds)
 
     try:
+        writer = RecorderLink(args.run_id, feed)
+    except OSError as exc:
+        service.fatal(log, f"ingestor: cannot start the recorder process: {exc}")
+    try:
         source = make_source(feed, args, settings, sleep)
         con = connect_waiting(settings.duckdb_path)
     except (ValueError, FileNotFoundError, persistence.DatabaseLockedError) as exc:
         service.fatal(log, f"ingestor: {exc}")
+    # The start-up reads and deletes below run here; then the recorder process owns the file.
 
     start_seq = persistence.start_run(con, args.run_id, feed, str(args.replay or ""))
     builder = CandleBuilder("1m")
@@ -202,19 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             for tick in persistence.forming_ticks(con, "replay"):
                 builder.update(tick)
             log.info("resuming replay run %s at tick %d of %d", args.run_id, start_seq, len(source))
-    writer = persistence.BatchWriter(con, args.run_id, feed)
-    queries = start_query_server(con, settings, log)
-    signals = views.SignalRecorder(con, settings.bus_pub, settings.bus_sub, feed, args.run_id)
-    if not signals.start():
-        log.warning("signal recorder not subscribed after 10 s; early signals may be missed")
-    trail = audit.AuditRecorder(con, settings.bus_pub, settings.bus_sub, feed, args.run_id)
-    if not trail.start():
-        log.warning("audit recorder not subscribed after 10 s; early events may be missed")
-
-    def research_health() -> dict:
-        return {"signals_recorded": signals.recorded, **trail.stats(),
-                "query": queries.stats() if queries else {"endpoint": settings.query_endpoint,
-                                                          "status": "unavailable"}}
+    con.close()
+    try:
+        writer.open()
+    except RecorderError as exc:
+        log.error("ingestor: %s", exc)
+        return 1
 
     bus = BusClient(settings.bus_pub, settings.bus_sub)
     if not bus.wait_ready(15):
@@ -222,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     health_stop = threading.Event()
     feed_health = getattr(source, "health", dict)          # upstox: connection, bad input, gaps, market
     health = threading.Thread(target=health_loop, args=(settings, counters, writer, feed, health_stop,
-                                                        lambda: {**research_health(), **feed_health()}),
+                                                        feed_health),
                               name="health", daemon=True)
     health.start()
 
@@ -321,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.add_candle(c)
         writer.maybe_handover()                     # a quiet feed still flushes its last ticks
 
+    exit_code = 0
     try:
         for item in items:
             if stopping.is_set():
@@ -350,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.checkpoint()
             profiles.publish_due(force=True)
             if feed == "replay":
-                persistence.finish_run(con, args.run_id)
+                writer.finish_run()
             if probe:
                 probe.dump()
             counters.status = "finished"
@@ -366,23 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     except UpstoxConfigError as exc:                # e.g. the access token expired: no restart loop
         counters.status = "error"
         service.fatal(log, f"ingestor: {exc}")
+    except RecorderError as exc:                    # the supervisor restarts both; a replay resumes
+        counters.status = "error"
+        log.error("ingestor: %s; exiting", exc)
+        exit_code = 1
     finally:
         if probe:
             probe.dump()
         if hasattr(source, "close"):
             source.close()
-        if queries:
-            queries.stop()       # cancels a running research query first: the flush matters more
-        writer.close()
-        signals.stop()
-        trail.stop()
+        writer.close()           # the recorder writes what is queued, then stops
         health_stop.set()
         health.join(timeout=2)
         bus.close()
-        con.close()
     log.info("stopped: %d ticks published, %d written to %s", counters.published, writer.rows_written,
              settings.duckdb_path)
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -157,6 +157,19 @@ def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
                     and h["ingestor"]["status"] == "running", 20, "the ingestor to be restarted")
         assert "ingestor (pid" in system.output() and "restarted ingestor" in system.output()
 
+        # The ingestor's recorder process (DuckDB): its death takes the ingestor down, and the
+        # supervisor restarts the pair.
+        def pair(h):
+            ing = h.get("ingestor", {})
+            return ing.get("status") == "running" and (ing["pid"], ing["details"].get("recorder_pid"))
+
+        ingestor_pid, recorder_pid = system.wait(pair, 10, "a recorder")
+        os.kill(recorder_pid, signal.SIGKILL)
+        system.wait(lambda h: (p := pair(h)) and p[0] != ingestor_pid and p[1] not in (None, recorder_pid),
+                    20, "the ingestor and its recorder restarted")
+        ingestor_log = (system.logs / "ingestor.log").read_text()
+        assert f"recorder process (pid {recorder_pid})" in ingestor_log, ingestor_log[-2000:]
+
         import httpx
         page_data = httpx.get(f"http://127.0.0.1:{system.port}/api/snapshot").text + json.dumps(system.health())
         assert token not in page_data

@@ -1,4 +1,5 @@
-"""DuckDB persistence of ticks and 1-minute candles, written in Arrow batches by one thread.
+"""DuckDB persistence of ticks and 1-minute candles, written in Arrow batches by one thread
+(in the system, of the recorder process: ``scripts/recorder.py``).
 
 Tables (all timestamps ``ts`` are epoch milliseconds UTC, prices in rupees):
 
@@ -155,20 +156,18 @@ class _Columns:
         return table
 
 
-class BatchWriter:
-    """Buffers ticks and candles from the feed thread; a writer thread inserts them as Arrow batches.
+class TickBatcher:
+    """The feed thread's side of the recording: buffers ticks and candles and hands them over as
+    Arrow batches to :meth:`_deliver` (a :class:`BatchWriter`'s writer thread, or the recorder
+    process behind ``scripts/recorder.RecorderLink``).
 
     Call :meth:`add_tick` / :meth:`add_candle` from one thread; batches are
-    handed over every ``flush_interval_s`` or ``max_rows`` ticks, and each
-    batch (ticks, candles and the run's ``last_seq``) commits in one
-    transaction, so the database never holds a candle without its ticks.
-    :meth:`close` writes the last partial batch and waits for the writer.
+    handed over every ``flush_interval_s`` or ``max_rows`` ticks. A hand-over is
+    ``(ticks, candles, last_seq)``: the :data:`TICK_SCHEMA` (or :data:`TICK_BASE_SCHEMA`) and
+    :data:`CANDLE_SCHEMA` tables, either may be None, and the run's last tick ``seq``.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, source: str,
-                 flush_interval_s: float = 0.1, max_rows: int = 50_000):
-        self.con = con.cursor()  # the writer thread's own handle on the shared database
-        self.run_id = run_id
+    def __init__(self, source: str, flush_interval_s: float = 0.1, max_rows: int = 50_000):
         self.source = source
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
@@ -180,15 +179,6 @@ class BatchWriter:
         self._candles = _Columns(CANDLE_SCHEMA)
         self._last_seq = -1
         self._last_handover = time.monotonic()
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
-        self.rows_written = 0
-        self.batches_written = 0
-        self.checkpoints = 0
-        self.checkpoints_skipped = 0
-        self.last_flush_ms = 0.0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
-        self._thread.start()
 
     def add_tick(self, t: m.Tick) -> None:
         """Buffer one tick (hands the batch over when full or due)."""
@@ -228,12 +218,12 @@ class BatchWriter:
             self._candle_tables.append(candles.select(CANDLE_SCHEMA.names[:-1]))
 
     def maybe_handover(self) -> None:
-        """Hand the buffers to the writer if ``flush_interval_s`` has passed."""
+        """Hand the buffers over if ``flush_interval_s`` has passed."""
         if time.monotonic() - self._last_handover >= self.flush_interval_s:
             self.handover()
 
     def handover(self) -> None:
-        """Hand the current buffers to the writer thread now (blocks if 64 batches are queued)."""
+        """Hand the current buffers over now (may block while the writer is behind)."""
         self._last_handover = time.monotonic()
         ticks, candles = _with_quotes(self._ticks.take(), self._quotes), self._candles.take()
         self._quotes = []
@@ -247,9 +237,50 @@ class BatchWriter:
             self._candle_tables = []
         if ticks is None and candles is None:
             return
+        self._deliver(ticks, candles, self._last_seq)
+
+    def _deliver(self, ticks: pa.Table | None, candles: pa.Table | None, last_seq: int) -> None:
+        raise NotImplementedError
+
+    def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
+        import polars as pl
+        table = pl.concat(frames, rechunk=True).with_columns(
+            source=pl.lit(self.source), **{k: pl.lit(v) for k, v in constants.items()}).select(schema.names)
+        return table.to_arrow().cast(schema)
+
+
+class BatchWriter(TickBatcher):
+    """A :class:`TickBatcher` whose batches a writer thread inserts into DuckDB.
+
+    Each batch (ticks, candles and the run's ``last_seq``) commits in one
+    transaction, so the database never holds a candle without its ticks.
+    :meth:`close` writes the last partial batch and waits for the writer. A failed insert is
+    logged and kept in ``error``; the next hand-over raises ``RuntimeError``.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, source: str,
+                 flush_interval_s: float = 0.1, max_rows: int = 50_000):
+        super().__init__(source, flush_interval_s, max_rows)
+        self.con = con.cursor()  # the writer thread's own handle on the shared database
+        self.run_id = run_id
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self.rows_written = 0
+        self.batches_written = 0
+        self.checkpoints = 0
+        self.checkpoints_skipped = 0
+        self.last_flush_ms = 0.0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, ticks: pa.Table | None, candles: pa.Table | None, last_seq: int) -> None:
+        """Queue an already built hand-over (see :class:`TickBatcher`) for the writer thread;
+        blocks while 64 are queued. Raises ``RuntimeError`` if an earlier insert failed."""
         if self.error is not None:
             raise RuntimeError(f"DuckDB writer failed: {self.error}") from self.error
-        self._queue.put((ticks, candles, self._last_seq))
+        self._queue.put((ticks, candles, last_seq))
+
+    _deliver = submit
 
     def checkpoint(self) -> None:
         """Hand over what is buffered, then have the writer thread run DuckDB's ``CHECKPOINT``
@@ -260,12 +291,6 @@ class BatchWriter:
         already committed."""
         self.handover()
         self._queue.put(_CHECKPOINT)
-
-    def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
-        import polars as pl
-        table = pl.concat(frames, rechunk=True).with_columns(
-            source=pl.lit(self.source), **{k: pl.lit(v) for k, v in constants.items()}).select(schema.names)
-        return table.to_arrow().cast(schema)
 
     def _run(self) -> None:
         while True:
