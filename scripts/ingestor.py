@@ -1,5 +1,7 @@
 """The ingestor: takes ticks from a feed source, publishes each on the bus, builds 1-minute
-candles, and persists both to DuckDB in Arrow batches. About ten times a second it also
+candles, and persists both to DuckDB in Arrow batches through its recorder process
+(``scripts/recorder.py``, which owns the file, records signals and the audit trail and serves
+research SQL), so that this process runs one busy Python thread. About ten times a second it also
 publishes the last tick of each instrument that printed (``last_ticks``, for the API: a
 browser shows prices, it does not need every print).
 
