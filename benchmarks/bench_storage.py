@@ -15,6 +15,9 @@ table: 33 columns, quote columns NULL as for replayed data) in a temporary folde
    ``maybe_handover`` every 0.1 s as ``scripts/ingestor.py`` calls it, a writer thread inserting
    each batch as an Arrow table in its own transaction; timed from the first ``add_tick`` to the
    return of ``close()`` (everything committed). Fastest of ``--repeat`` runs.
+   Then the same through ``scripts.recorder.RecorderLink``, the system's path: the batches go
+   as Arrow IPC down a pipe to a recorder process (``scripts/recorder.py``, at nice 10) whose
+   ``BatchWriter`` inserts them (a bus proxy runs in this process for its recorders).
 2. Arrow batch insert alone, in one thread (the writer thread's SQL: ``BEGIN``, ``register``,
    ``INSERT INTO ticks BY NAME``, ``COMMIT``) of prepared Arrow tables of 1,000 (not with
    ``--quick``), 10,000 and 50,000 rows: DuckDB's own cost, the ``INSERT`` and the ``COMMIT``
@@ -75,6 +78,50 @@ def batch_writer(ticks: list[m.Tick], path: Path) -> float:
         return took
     finally:
         con.close()
+
+
+def recorder_link(ticks: list[m.Tick], path: Path) -> float:
+    """Phase 1, the system's way: the same feed through a ``RecorderLink`` to a recorder
+    process writing ``path``; seconds from the first ``add_tick`` until its ``close()`` returns."""
+    import os
+    import threading
+    import zmq
+    from scripts.recorder import RecorderLink
+    from tests.system_harness import free_port
+    from trading_core import bus
+    ctx = zmq.Context()
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proxy = threading.Thread(target=bus.run_proxy, args=(pub, sub, ctx), daemon=True)
+    proxy.start()
+    saved = dict(os.environ)
+    os.environ.update({"AMT_DUCKDB_PATH": str(path), "AMT_BUS_PUB": pub, "AMT_BUS_SUB": sub,
+                       "AMT_LOG_DIR": str(path.parent / "logs"),
+                       "AMT_QUERY_ENDPOINT": f"tcp://127.0.0.1:{free_port()}"})
+    try:
+        link = RecorderLink("bench-storage", "replay")    # reads its settings from the environment
+        con = persistence.connect(path)
+        persistence.start_run(con, "bench-storage", "replay", str(path))
+        con.close()
+        link.open()
+        monotonic = time.monotonic
+        started = time.perf_counter()
+        add = link.add_tick
+        due = 0.0
+        for t in ticks:
+            add(t)
+            if (now := monotonic()) >= due:
+                due = now + 0.1
+                link.maybe_handover()
+        link.close()
+        took = time.perf_counter() - started
+        if link.error is not None or link.proc.returncode != 0:
+            raise RuntimeError(f"recorder failed: {link.error or f'exit code {link.proc.returncode}'}")
+        return took
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        ctx.term()
+        proxy.join(2)
 
 
 def arrow_tables(ticks: list[m.Tick], rows: int) -> list[pa.Table]:
@@ -175,6 +222,15 @@ def main() -> int:
                   "writer thread)", f"{n:,} ticks committed in {t:.2f} s = **{common.human_rate(rate, 'ticks/s')}**"
                   + (f" (runs: {', '.join(f'{x:.2f}' for x in times)} s)" if repeat > 1 else ""))
         bench.headline("DuckDB insert, BatchWriter (project)", rate, "ticks/s", common.human_rate(rate, "ticks/s"))
+        path = fresh("recorder")
+        t_rec = recorder_link(ticks, path)
+        check_file(path, "RecorderLink", ticks)
+        bench.data["recorder_link_s"] = t_rec
+        bench.row("`scripts.recorder.RecorderLink` (the system's path: the same batches as Arrow IPC "
+                  "through a pipe to the recorder process)",
+                  f"{n:,} ticks committed in {t_rec:.2f} s = **{common.human_rate(n / t_rec, 'ticks/s')}**")
+        bench.headline("DuckDB insert through the recorder process (project)", n / t_rec, "ticks/s",
+                       common.human_rate(n / t_rec, "ticks/s"))
 
         # 2. Arrow batches alone
         arrow = {}

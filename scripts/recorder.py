@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from trading_core import audit, logs, persistence, query as query_mod, query_server  # noqa: E402
@@ -115,8 +116,8 @@ class RecorderLink(persistence.TickBatcher):
     """The ingestor's handle on its recorder process: a :class:`persistence.TickBatcher` whose
     batches go down a pipe to ``scripts/recorder.py``, with the stats a :class:`BatchWriter`
     has (``rows_written``, ``batches_written``, ``last_flush_ms``, ``checkpoints``,
-    ``checkpoints_skipped``, ``error``) and ``research`` (signals recorded, audit trail, query
-    service) as of the last :meth:`poll_stats`.
+    ``checkpoints_skipped``, ``error``), ``research`` (signals recorded, audit trail, query
+    service) and ``process`` (its pid, RSS in bytes, CPU %) as of the last :meth:`poll_stats`.
 
     Starts the process at once (its imports overlap the ingestor's start-up, e.g. parsing a
     replay); :meth:`open`, once the ingestor has closed its own connection, lets it open the
@@ -136,6 +137,7 @@ class RecorderLink(persistence.TickBatcher):
         self.last_flush_ms = 0.0
         self.error: str | None = None
         self.research: dict = {}
+        self.process: dict = {}                   # the recorder's pid, rss_bytes, cpu_percent
         self._lock = threading.Lock()            # the feed thread's close() and health's polls
         self._closed = False
         to_child_r, to_child_w = os.pipe()
@@ -222,6 +224,7 @@ class RecorderLink(persistence.TickBatcher):
                          "checkpoints_skipped"):
                 setattr(self, name, latest.get(name, getattr(self, name)))
             self.research = latest.get("research", self.research)
+            self.process = latest.get("process", self.process)
             if latest.get("error"):
                 self.error = latest["error"]
         return latest
@@ -284,9 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     if not trail.start():
         log.warning("audit recorder not subscribed after 10 s; early events may be missed")
     failure: str | None = None
+    me = psutil.Process()
+    me.cpu_percent()
 
     def stats(**flags) -> dict:
-        return {"rows_written": writer.rows_written, "batches_written": writer.batches_written,
+        return {"process": {"pid": me.pid, "rss_bytes": me.memory_info().rss,
+                            "cpu_percent": me.cpu_percent()},
+                "rows_written": writer.rows_written, "batches_written": writer.batches_written,
                 "last_flush_ms": writer.last_flush_ms, "checkpoints": writer.checkpoints,
                 "checkpoints_skipped": writer.checkpoints_skipped,
                 "error": failure or (str(writer.error) if writer.error else None),

@@ -76,6 +76,7 @@ def test_storage_rows_in_duckdb_equal_ticks_inserted(tmp_path):
     assert res["data"]["ticks"] == 20_000
     names = [c["name"] for c in res["checks"]]
     assert any(n.startswith("BatchWriter") for n in names) and "executemany: rows in DuckDB == inserted" in names
+    assert "RecorderLink: rows in DuckDB == inserted" in names and res["data"]["recorder_link_s"] > 0
     assert sum("Arrow batches" in n for n in names) == 3
     assert all("(20000," in c["detail"] or "(500," in c["detail"] for c in res["checks"])
 

@@ -91,6 +91,7 @@ def test_research_queries_are_served_while_recording(recorder_env, shared_data):
             if link.research.get("query", {}).get("served"):
                 break
         assert link.research["query"]["served"] >= 1 and link.rows_written == 500
+        assert link.process["pid"] == link.pid and link.process["rss_bytes"] > 50 * 2**20   # DuckDB, Arrow
     finally:
         link.close()
 

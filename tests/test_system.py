@@ -161,7 +161,7 @@ def test_supervision_restarts_killed_processes_and_stops_cleanly(tmp_path):
         # supervisor restarts the pair.
         def pair(h):
             ing = h.get("ingestor", {})
-            return ing.get("status") == "running" and (ing["pid"], ing["details"].get("recorder_pid"))
+            return ing.get("status") == "running" and (ing["pid"], ing["details"]["recorder"]["pid"])
 
         ingestor_pid, recorder_pid = system.wait(pair, 10, "a recorder")
         os.kill(recorder_pid, signal.SIGKILL)
