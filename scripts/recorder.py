@@ -57,9 +57,10 @@ _BATCH = struct.Struct("<qBB")
 STATS_EVERY_S = 0.25
 NICE = 10
 """The recorder's niceness: recording is throughput work with a bounded pipe to hold the feed
-back, so on a busy machine the scheduler should run the feed, bus and strategies first (at
-10,000 ticks/s on 2 cores, p99 tick -> strategy 3.0-4.4 ms at nice 19 against 4.2-5.0 ms at 0;
-the F&O day took 28.1 s at 10 and 19, 29.2 s at 0: benchmarks/RESULTS.md)."""
+back, so on a busy machine the scheduler should run the feed, bus and strategies first. At
+10,000 ticks/s on 2 cores, p99 tick -> strategy was 3.0-4.4 ms at nice 19 against 4.2-5.0 ms at
+0; asked for 80,000 ticks/s, the ingestor reached 71,339/s at nice 10 and 62,039/s at 0
+(benchmarks/RESULTS.md, 2026-12-03)."""
 
 
 class RecorderError(RuntimeError):
