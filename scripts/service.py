@@ -119,9 +119,15 @@ class HealthReporter:
                                   ts=now_ms(), details=details))
         self._last = time.monotonic()
 
+    def due(self) -> bool:
+        """True once ``interval_s`` has passed since the last report: check it before building
+        an expensive ``details`` (a loop that wakes every 100 ms should not read ``/proc`` for
+        every child each time)."""
+        return time.monotonic() - self._last >= self.interval_s
+
     def maybe_send(self, status: str | None = None, **details: Any) -> None:
         """Publish if ``interval_s`` has passed since the last report."""
-        if time.monotonic() - self._last >= self.interval_s:
+        if self.due():
             self.send(status, **details)
 
 

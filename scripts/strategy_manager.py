@@ -313,7 +313,8 @@ def main() -> int:
                 reporter.send(None, **manager.details())
             got = bus.recv_raw(0)
         manager.check()
-        reporter.maybe_send("ready" if manager.ready() else "starting", **manager.details())
+        if reporter.due():
+            reporter.send("ready" if manager.ready() else "starting", **manager.details())
 
     reporter.send("stopping")
     children = [s.child for s in manager.slots.values() if s.child is not None]

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = StrategyRunner(lambda emit: registry.build(config, emit), publish, already)
 
     def beat(status: str | None = None) -> None:
-        health.maybe_send(status, **info, **runner.stats())
+        if health.due():
+            health.send(status, **info, **runner.stats())
 
     def crash(where: str) -> int:
         log.exception("%s raised in %s; exiting so the manager restarts it", name, where)
