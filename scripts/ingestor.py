@@ -124,8 +124,8 @@ def health_loop(settings, counters: Counters, writer: RecorderLink, feed: str,
                           replay_total=counters.total, last_tick_ts=counters.last_tick_ts,
                           last_tick_wall_ms=counters.last_tick_wall_ms,
                           last_flush_ms=round(writer.last_flush_ms, 3), checkpoints=writer.checkpoints,
-                          checkpoints_skipped=writer.checkpoints_skipped, recorder={"pid": writer.pid, **writer.process},
-                          **writer.research, **extra())
+                          checkpoints_skipped=writer.checkpoints_skipped,
+                          recorder={"pid": writer.pid, **writer.process}, **writer.research, **extra())
             stop.wait(1.0)
         reporter.send("stopping", ticks_published=counters.published, ticks_written=writer.rows_written)
     finally:
