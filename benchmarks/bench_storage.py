@@ -57,20 +57,26 @@ def verify(bench: common.Bench, con, label: str, ticks: list[m.Tick]) -> None:
                 f"count/sum(ltq)/max(seq) in the file {tuple(got)}, inserted {want}")
 
 
+def feed(batcher: persistence.TickBatcher, ticks: list[m.Tick]) -> None:
+    """``add_tick`` for every tick, ``maybe_handover`` every 0.1 s (the ingestor's housekeeping
+    cadence)."""
+    monotonic = time.monotonic
+    add = batcher.add_tick
+    due = 0.0
+    for t in ticks:
+        add(t)
+        if (now := monotonic()) >= due:
+            due = now + 0.1
+            batcher.maybe_handover()
+
+
 def batch_writer(ticks: list[m.Tick], path: Path) -> float:
     """Phase 1: feed ``ticks`` through a ``BatchWriter`` on a fresh file; seconds until committed."""
     con = persistence.connect(path)
     try:
-        monotonic = time.monotonic
         started = time.perf_counter()
         writer = persistence.BatchWriter(con, "bench-storage", "replay")
-        add = writer.add_tick
-        due = 0.0
-        for t in ticks:
-            add(t)
-            if (now := monotonic()) >= due:          # the ingestor's housekeeping cadence
-                due = now + 0.1
-                writer.maybe_handover()
+        feed(writer, ticks)
         writer.close()
         took = time.perf_counter() - started
         if writer.error is not None:
@@ -83,45 +89,21 @@ def batch_writer(ticks: list[m.Tick], path: Path) -> float:
 def recorder_link(ticks: list[m.Tick], path: Path) -> float:
     """Phase 1, the system's way: the same feed through a ``RecorderLink`` to a recorder
     process writing ``path``; seconds from the first ``add_tick`` until its ``close()`` returns."""
-    import os
-    import threading
-    import zmq
     from scripts.recorder import RecorderLink
-    from tests.system_harness import free_port
-    from trading_core import bus
-    ctx = zmq.Context()
-    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proxy = threading.Thread(target=bus.run_proxy, args=(pub, sub, ctx), daemon=True)
-    proxy.start()
-    saved = dict(os.environ)
-    os.environ.update({"AMT_DUCKDB_PATH": str(path), "AMT_BUS_PUB": pub, "AMT_BUS_SUB": sub,
-                       "AMT_LOG_DIR": str(path.parent / "logs"),
-                       "AMT_QUERY_ENDPOINT": f"tcp://127.0.0.1:{free_port()}"})
-    try:
+    from tests.system_harness import recorder_environment
+    with recorder_environment(path, path.parent / "logs"):
         link = RecorderLink("bench-storage", "replay")    # reads its settings from the environment
         con = persistence.connect(path)
         persistence.start_run(con, "bench-storage", "replay", str(path))
         con.close()
         link.open()
-        monotonic = time.monotonic
         started = time.perf_counter()
-        add = link.add_tick
-        due = 0.0
-        for t in ticks:
-            add(t)
-            if (now := monotonic()) >= due:
-                due = now + 0.1
-                link.maybe_handover()
+        feed(link, ticks)
         link.close()
         took = time.perf_counter() - started
-        if link.error is not None or link.proc.returncode != 0:
-            raise RuntimeError(f"recorder failed: {link.error or f'exit code {link.proc.returncode}'}")
-        return took
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        ctx.term()
-        proxy.join(2)
+    if link.error is not None or link.proc.returncode != 0:
+        raise RuntimeError(f"recorder failed: {link.error or f'exit code {link.proc.returncode}'}")
+    return took
 
 
 def arrow_tables(ticks: list[m.Tick], rows: int) -> list[pa.Table]:

@@ -221,8 +221,7 @@ class RecorderLink(persistence.TickBatcher):
                     self.error = f"recorder process (pid {self.proc.pid}) exited"
                 self._rx.close()
         if latest:
-            for name in ("rows_written", "batches_written", "last_flush_ms", "checkpoints",
-                         "checkpoints_skipped"):
+            for name in persistence.WRITER_STATS:
                 setattr(self, name, latest.get(name, getattr(self, name)))
             self.research = latest.get("research", self.research)
             self.process = latest.get("process", self.process)
@@ -294,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     def stats(**flags) -> dict:
         return {"process": {"pid": me.pid, "rss_bytes": me.memory_info().rss,
                             "cpu_percent": me.cpu_percent()},
-                "rows_written": writer.rows_written, "batches_written": writer.batches_written,
-                "last_flush_ms": writer.last_flush_ms, "checkpoints": writer.checkpoints,
-                "checkpoints_skipped": writer.checkpoints_skipped,
+                **{name: getattr(writer, name) for name in persistence.WRITER_STATS},
                 "error": failure or (str(writer.error) if writer.error else None),
                 "research": {"signals_recorded": signals.recorded, **trail.stats(),
                              "query": queries.stats() if queries else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def recorder_environment(db: Path, log_dir: Path):
+    """A bus proxy in this process and the ``AMT_*`` settings a ``scripts/recorder.py`` started
+    from here reads (``db``, ``log_dir``, the proxy, a free query endpoint); the environment is
+    put back afterwards. Yields ``(bus_pub, bus_sub)``."""
+    import threading
+    import zmq
+    from trading_core import bus
+    ctx = zmq.Context()
+    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proxy = threading.Thread(target=bus.run_proxy, args=(pub, sub, ctx), daemon=True)
+    proxy.start()
+    saved = dict(os.environ)
+    os.environ.update({"AMT_DUCKDB_PATH": str(db), "AMT_BUS_PUB": pub, "AMT_BUS_SUB": sub,
+                       "AMT_LOG_DIR": str(log_dir),
+                       "AMT_QUERY_ENDPOINT": f"tcp://127.0.0.1:{free_port()}"})
+    try:
+        yield pub, sub
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        ctx.term()
+        proxy.join(2)
 
 
 class System:

@@ -7,35 +7,24 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import duckdb
 import pytest
-import zmq
 
 from data_handling.replay import ReplaySource
 from scripts.recorder import RecorderError, RecorderLink
 from tests.conftest import FO_TICKS
-from tests.system_harness import free_port
-from trading_core import bus, messages as m, persistence, query_client, settings as settings_mod
+from tests.system_harness import recorder_environment
+from trading_core import messages as m, persistence, query_client, settings as settings_mod
 
 
 @pytest.fixture()
-def recorder_env(tmp_path, monkeypatch):
+def recorder_env(tmp_path):
     """A bus proxy and the settings the recorder process reads from its environment; returns
     the DuckDB path (not created)."""
-    ctx = zmq.Context()
-    pub, sub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    thread = threading.Thread(target=bus.run_proxy, args=(pub, sub, ctx), daemon=True)
-    thread.start()
     db = tmp_path / "rec.duckdb"
-    for name, value in {"AMT_DUCKDB_PATH": db, "AMT_BUS_PUB": pub, "AMT_BUS_SUB": sub,
-                        "AMT_LOG_DIR": tmp_path / "logs",
-                        "AMT_QUERY_ENDPOINT": f"tcp://127.0.0.1:{free_port()}"}.items():
-        monkeypatch.setenv(name, str(value))
-    yield db
-    ctx.term()
-    thread.join(2)
+    with recorder_environment(db, tmp_path / "logs"):
+        yield db
 
 
 def start(db, run_id: str = "r1", source: str = "replay") -> RecorderLink:

@@ -376,6 +376,8 @@ class BatchWriter(TickBatcher):
         self._thread.join()
 
 
+WRITER_STATS = ("rows_written", "batches_written", "last_flush_ms", "checkpoints", "checkpoints_skipped")
+"""The :class:`BatchWriter` counters a health report carries (and the recorder sends back)."""
 GROUP_COMMIT_MAX = 8
 """At most this many queued hand-overs share one transaction (BatchWriter._run)."""
 _CHECKPOINT = object()          # a queue item: run CHECKPOINT (BatchWriter.checkpoint)
