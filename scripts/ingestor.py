@@ -37,7 +37,6 @@ from scripts.latency_probe import LatencyProbe  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
 from trading_core.sessions import ist_day  # noqa: E402
-from trading_core import views  # noqa: E402
 from trading_core import audit  # noqa: E402
 from scripts.recorder import RecorderError, RecorderLink, connect_waiting  # noqa: E402
 
@@ -171,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
                     int(frame["ts"].min()), int(frame["ts"].max()))
                 if deleted:
                     log.info("replaced %d ticks of an earlier replay of the same range", deleted)
-                views.clear_replayed_signals(con, frame["instrument_key"].unique().to_list(),
-                                             int(frame["ts"].min()), int(frame["ts"].max()))
                 audit.clear_replayed(con, frame["instrument_key"].unique().to_list(),
                                      int(frame["ts"].min()), int(frame["ts"].max()))
         else:

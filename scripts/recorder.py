@@ -1,7 +1,7 @@
 """The recorder: the ingestor's second process, which owns the DuckDB file.
 
 It inserts the ticks and candles the ingestor hands over (Arrow batches through a pipe), records
-the bus's signals and the audit trail, and serves research SQL on ``QUERY_ENDPOINT``. The
+the audit trail (signals, risk decisions, orders, fills, positions), and serves research SQL on ``QUERY_ENDPOINT``. The
 ingestor starts it (``RecorderLink``) as it starts, lets it open the file once its own start-up
 reads are done (where a replay resumes, the forming bar's ticks) and stops it when it stops; the
 supervisor does not watch it (a recorder that dies takes the ingestor down with it, and the
@@ -80,8 +80,7 @@ def connect_waiting(path: Path, wait_s: float = 10.0):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
-    views.install(con)
-    audit.install(con)         # the audit trail (trading_core/audit.py)
+    views.install(con)         # with the audit trail's events (trading_core/audit.py)
     return con
 
 
@@ -117,7 +116,7 @@ class RecorderLink(persistence.TickBatcher):
     """The ingestor's handle on its recorder process: a :class:`persistence.TickBatcher` whose
     batches go down a pipe to ``scripts/recorder.py``, with the stats a :class:`BatchWriter`
     has (``rows_written``, ``batches_written``, ``last_flush_ms``, ``checkpoints``,
-    ``checkpoints_skipped``, ``error``), ``research`` (signals recorded, audit trail, query
+    ``checkpoints_skipped``, ``error``), ``research`` (audit trail, query
     service) and ``process`` (its pid, RSS in bytes, CPU %) as of the last :meth:`poll_stats`.
 
     Starts the process at once (its imports overlap the ingestor's start-up, e.g. parsing a
@@ -280,9 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     writer = persistence.BatchWriter(con, args.run_id, args.source)
     queries = start_query_server(con, settings, log)
-    signals = views.SignalRecorder(con, settings.bus_pub, settings.bus_sub, args.source, args.run_id)
-    if not signals.start():
-        log.warning("signal recorder not subscribed after 10 s; early signals may be missed")
     trail = audit.AuditRecorder(con, settings.bus_pub, settings.bus_sub, args.source, args.run_id)
     if not trail.start():
         log.warning("audit recorder not subscribed after 10 s; early events may be missed")
@@ -295,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                             "cpu_percent": me.cpu_percent()},
                 **{name: getattr(writer, name) for name in persistence.WRITER_STATS},
                 "error": failure or (str(writer.error) if writer.error else None),
-                "research": {"signals_recorded": signals.recorded, **trail.stats(),
+                "research": {**trail.stats(),
                              "query": queries.stats() if queries else
                              {"endpoint": settings.query_endpoint, "status": "unavailable"}},
                 **flags}
@@ -340,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         if queries:
             queries.stop()       # cancels a running research query first: the flush matters more
         writer.close()
-        signals.stop()
         trail.stop()
         report(stats(closed=True))
         con.close()

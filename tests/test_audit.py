@@ -131,3 +131,54 @@ def test_payload_json_is_the_bus_json(day):
     topic, payload = con.execute("SELECT topic, payload FROM events WHERE kind = 'risk' LIMIT 1").fetchone()
     msg = msgspec.json.decode(payload)
     assert msg["type"] == "risk" and topic == f"risk.{msg['strategy']}"
+
+
+def test_the_signals_view_is_every_published_signal(day):
+    """``signals`` reads the trail's signal events: field for field the Signal messages of the
+    replayed day, each with the signal_id the risk guard decided it under."""
+    run, con = day
+    got = con.execute("SELECT strategy, instrument_key, ts, side, entry, stop_loss, target, reason, "
+                      "signal_id FROM signals ORDER BY received_ms").fetchall()
+    want = [(s.strategy, s.instrument_key, s.ts, s.side, s.entry, s.stop_loss, s.target, s.reason)
+            for topic, s in run.published if isinstance(s, m.Signal)]
+    assert [g[:8] for g in got] == want and len(want) >= 4
+    decided = {d.signal_id for d in run.decisions().values()}
+    assert {g[8] for g in got} == decided
+
+
+OLD_SIGNALS_TABLE = """CREATE TABLE signals (
+    strategy VARCHAR NOT NULL, instrument_key VARCHAR NOT NULL, ts BIGINT NOT NULL,
+    side VARCHAR NOT NULL, entry DOUBLE NOT NULL, stop_loss DOUBLE NOT NULL, target DOUBLE NOT NULL,
+    reason VARCHAR NOT NULL, received_ms BIGINT NOT NULL, source VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL)"""
+
+
+def test_an_older_files_signals_table_is_folded_into_the_trail(day, tmp_path):
+    """Files written before 2026-12-03 kept signals in a table beside ``events``. Opening one
+    moves the signals the trail lacks into it (once), drops the table, and ``signals`` then
+    reads the same rows as before."""
+    run, _ = day
+    signals = [s for _, s in run.published if isinstance(s, m.Signal)]
+    path = tmp_path / "old.duckdb"
+    con = persistence.connect(path)
+    audit.install(con)
+    con.execute(OLD_SIGNALS_TABLE)
+    rows = [(s.strategy, s.instrument_key, s.ts, s.side, s.entry, s.stop_loss, s.target, s.reason,
+             2_000 + i, "replay", "run-old") for i, s in enumerate(signals)]
+    con.executemany("INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    rec = audit.AuditRecorder(con, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "replay", "run-old")
+    half = signals[: len(signals) // 2]                 # the trail already holds the first half
+    for i, s in enumerate(half):
+        rec.add(m.encode(m.signal_topic(s.strategy), s), 2_000 + i)
+    rec.flush()
+    rec.cur.close()
+    before = con.execute("SELECT * EXCLUDE (run_id) FROM signals ORDER BY received_ms").fetchall()
+    views.install(con)
+    views.install(con)                                  # a second opening moves nothing again
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert "signals" not in tables
+    after = con.execute("SELECT strategy, instrument_key, ts, side, entry, stop_loss, target, reason, "
+                        "received_ms, source FROM signals ORDER BY received_ms").fetchall()
+    assert after == before
+    assert con.execute("SELECT count(DISTINCT seq) = count(*) FROM events").fetchall()[0][0]
+    con.close()

@@ -33,7 +33,7 @@ from data_handling.replay import ReplaySource
 from strategy.ib_breakout import IBBreakout
 from tests.conftest import FO_TICKS, INDEX_1MIN
 from tests.system_harness import ROOT, free_port
-from trading_core import persistence, query as q, query_client, settings as settings_mod, views
+from trading_core import audit, messages as m, persistence, query as q, query_client, settings as settings_mod, views
 from trading_core.messages import Signal
 from trading_core.profile_batch import compute_profiles
 
@@ -109,8 +109,10 @@ def recorded(tmp_path_factory, shared_data):
     record(con, ReplaySource(MONTH, dates=DAYS), "run-index", strategy)
     record(con, ReplaySource(FUT_FILE), "run-fut")
     assert signals, "the strategy should have signalled on these days (2022-06-09 broke its IB)"
+    trail = audit.AuditRecorder(con, "", "", "replay", "run-index")    # not started: no bus
     for s in signals:
-        views.insert_signal(con, s, "replay", "run-index", s.ts)
+        trail.add(m.encode(m.signal_topic(s.strategy), s), s.ts)
+    trail.flush()
     con.close()
     settings = dataclasses.replace(settings_mod.load(), duckdb_path=path,
                                    query_endpoint=f"tcp://127.0.0.1:{free_port()}")

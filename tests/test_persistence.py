@@ -119,7 +119,6 @@ def test_clearing_an_earlier_replay_leaves_no_transaction_open(tmp_path):
     persistence.start_run(con, "r", "replay", "x")
     keys = ["NSE_FO|NIFTY-I"]
     persistence.clear_replayed_range(con, keys, 0, 2**62)
-    views.clear_replayed_signals(con, keys, 0, 2**62)
     audit.clear_replayed(con, keys, 0, 2**62)
     writer = persistence.BatchWriter(con, "r", "replay")
     writer.checkpoint()

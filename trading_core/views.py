@@ -23,12 +23,15 @@ Added here:
 ``tick_candles(interval_seconds)`` (table macro)
     bars of any number of seconds built from ``ticks`` (aligned to 09:15:00 IST), same columns
     with ``ticks`` the prints inside; first/last print by ``seq``.
-``signals`` / ``signals_ist``
-    every ``signal.<strategy>`` message the ingestor saw on the bus: ``strategy,
-    instrument_key, ts, side, entry, stop_loss, target, reason, received_ms`` (wall clock),
-    ``source`` (the ingestor's feed: sim | replay | upstox), ``run_id``. Replaying a range again
-    replaces the earlier replay's signals of those instruments in that range, like ticks.
-    Signals published while the ingestor is down are not recorded.
+``signals`` / ``signals_ist`` (views)
+    every ``signal.<strategy>`` message the recorder saw on the bus, read from the audit trail's
+    ``events`` (:mod:`trading_core.audit`, ``kind = 'signal'``): ``strategy, instrument_key, ts,
+    side, entry, stop_loss, target, reason, received_ms`` (wall clock), ``source`` (the
+    ingestor's feed: sim | replay | upstox), ``run_id``, ``signal_id`` (joins
+    ``risk_decisions``, ``positions``). Replaying a range again replaces the earlier replay's
+    signals of those instruments in that range, like ticks (:func:`trading_core.audit.clear_replayed`).
+    Signals published while the ingestor is down are not recorded. (Files written before
+    2026-12-03 kept signals in a table of their own; :func:`install` folds it into ``events``.)
 ``signal_outcomes`` (view)
     a *simulated* outcome of each signal on the recorded 1-minute candles of its day, starting
     with the minute after the signal: ``exit_reason`` = ``stop`` (the stop-loss traded; checked
@@ -70,16 +73,10 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from trading_core import messages as m
 
 log = logging.getLogger("views")
 
 TABLES = {
-    "signals": """(
-    strategy VARCHAR NOT NULL, instrument_key VARCHAR NOT NULL, ts BIGINT NOT NULL,
-    side VARCHAR NOT NULL, entry DOUBLE NOT NULL, stop_loss DOUBLE NOT NULL, target DOUBLE NOT NULL,
-    reason VARCHAR NOT NULL, received_ms BIGINT NOT NULL, source VARCHAR NOT NULL,
-    run_id VARCHAR NOT NULL)""",
     "sessions": """(
     instrument_key VARCHAR NOT NULL, source VARCHAR NOT NULL, date DATE NOT NULL,
     session_kind VARCHAR, closed BOOLEAN, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE,
@@ -98,6 +95,12 @@ _DAY_MS = 86_400_000
 _OPEN_MS = (9 * 60 + 15) * 60_000
 
 VIEWS = {
+    "signals": """
+    SELECT strategy, instrument_key, ts, side, price AS entry,
+           CAST(payload->>'$.stop_loss' AS DOUBLE) AS stop_loss,
+           CAST(payload->>'$.target' AS DOUBLE) AS target, reason, received_ms, source, run_id,
+           signal_id
+    FROM events WHERE kind = 'signal'""",
     "signals_ist": """
     SELECT *, make_timestamp(ts * 1000) + INTERVAL 330 MINUTE AS time_ist,
            CAST(make_timestamp(ts * 1000) + INTERVAL 330 MINUTE AS DATE) AS date_ist
@@ -172,8 +175,13 @@ OBJECTS = (*TABLES, *VIEWS, *MACROS)
 
 
 def install(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the research tables (if missing) and (re)create the views and macros in ``con``'s
-    database. Needs the tables of :mod:`trading_core.persistence` (run after ``connect``)."""
+    """Create the research tables and the audit trail's ``events`` (if missing), fold a
+    ``signals`` table of an older file into ``events``, and (re)create the views and macros in
+    ``con``'s database. Needs the tables of :mod:`trading_core.persistence` (run after
+    ``connect``)."""
+    from trading_core import audit
+    audit.install(con)
+    _fold_signals_table(con)
     for name, cols in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} {cols}")
     for name, body in VIEWS.items():
@@ -190,6 +198,10 @@ def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
     macros = {r[0] for r in con.execute("SELECT function_name FROM duckdb_functions() "
                                         "WHERE function_type = 'table_macro'").fetchall()}
     made = []
+    if "events" not in tables:              # a file older than the audit trail: ``signals`` reads it
+        from trading_core import audit
+        con.execute(audit.TABLE_SQL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
+        made.append("events")
     for name, cols in TABLES.items():
         if name not in tables:
             con.execute(f"CREATE TEMP TABLE {name} {cols}")
@@ -207,111 +219,38 @@ def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
 # --- signals ----------------------------------------------------------------------------------
 
 
-_SIGNAL_FIELDS = ("strategy", "instrument_key", "ts", "side", "entry", "stop_loss", "target", "reason")
-
-
-def insert_signal(con: duckdb.DuckDBPyConnection, sig: m.Signal, source: str, run_id: str,
-                  received_ms: int) -> None:
-    """Store one signal."""
-    insert_signals(con, [(sig, received_ms)], source, run_id)
-
-
-def insert_signals(con: duckdb.DuckDBPyConnection, signals: list[tuple[m.Signal, int]], source: str,
-                   run_id: str) -> None:
-    """Store ``(signal, received_ms)`` pairs in one Arrow insert (DuckDB takes a few thousand
-    rows a second one INSERT at a time: a burst of signals must not fall behind)."""
-    if not signals:
-        return
-    columns = {f: [getattr(sig, f) for sig, _ in signals] for f in _SIGNAL_FIELDS}
-    columns["received_ms"] = [ms for _, ms in signals]
-    columns["source"] = [source] * len(signals)
-    columns["run_id"] = [run_id] * len(signals)
-    con.register("_signal_batch", pa.table(columns))
-    try:
-        con.execute("INSERT INTO signals BY NAME SELECT * FROM _signal_batch")
-    finally:
-        con.unregister("_signal_batch")
-
-
-def clear_replayed_signals(con: duckdb.DuckDBPyConnection, keys: list[str], first_ts: int,
-                           last_ts: int) -> int:
-    """Delete earlier *replay* signals of ``keys`` with ``ts`` in ``[first_ts, last_ts]`` (the
-    companion of :func:`trading_core.persistence.clear_replayed_range`). Returns rows deleted."""
-    if not keys:
+def _fold_signals_table(con: duckdb.DuckDBPyConnection) -> int:
+    """Move the rows of a ``signals`` *table* (files written before 2026-12-03, when a second
+    recorder stored signals beside the audit trail) into ``events`` as ``kind = 'signal'`` rows,
+    skipping those the trail already holds (same strategy, instrument, ts and reason), then drop
+    the table so the ``signals`` view can take its name. Returns the rows moved."""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'signals' "
+                        "AND schema_name = current_schema()").fetchall()[0][0]
+    if not found:
         return 0
-    marks = ",".join("?" * len(keys))
-    where = f"source = 'replay' AND instrument_key IN ({marks}) AND ts BETWEEN ? AND ?"
-    n = con.execute(f"SELECT count(*) FROM signals WHERE {where}", [*keys, first_ts, last_ts]).fetchall()[0][0]
-    if n:
-        con.execute(f"DELETE FROM signals WHERE {where}", [*keys, first_ts, last_ts])
-    return int(n)
-
-
-class SignalRecorder:
-    """Subscribes to ``signal.`` on the bus and stores every signal in ``signals`` from its own
-    thread and cursor. :meth:`start` waits until the subscription is live at the bus (so the
-    feed may start right after), :meth:`stop` drains what already arrived and stops."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, bus_pub: str, bus_sub: str, source: str,
-                 run_id: str):
-        self.cur = con.cursor()
-        self.bus_pub, self.bus_sub = bus_pub, bus_sub
-        self.source, self.run_id = source, run_id
-        self.recorded = 0
-        self.errors = 0
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="signal-recorder", daemon=True)
-
-    def start(self, ready_timeout_s: float = 10.0) -> bool:
-        """Start; returns True once the subscription is live (False after ``ready_timeout_s``)."""
-        self._thread.start()
-        return self._ready.wait(ready_timeout_s)
-
-    def _run(self) -> None:
-        from trading_core.bus import BusClient, now_ms
-        bus = BusClient(self.bus_pub, self.bus_sub, [m.SIGNAL + "."])
-        try:
-            if not bus.wait_ready(10):
-                log.warning("signal recorder: no bus round trip within 10 s; recording anyway")
-            self._ready.set()
-            while True:
-                batch: list[tuple[m.Signal, int]] = []
-                timeout = 200
-                while len(batch) < 5_000:           # what has arrived, stored in one insert
-                    try:
-                        got = bus.recv(timeout)
-                    except ValueError as exc:
-                        self.errors += 1
-                        log.warning("signal recorder: undecodable frame skipped (%s)", exc)
-                        continue
-                    if got is None:
-                        break
-                    timeout = 0
-                    if isinstance(got[1], m.Signal):
-                        batch.append((got[1], now_ms()))
-                if not batch:
-                    if self._stop.is_set():
-                        return
-                    continue
-                try:
-                    insert_signals(self.cur, batch, self.source, self.run_id)
-                    self.recorded += len(batch)
-                except duckdb.Error:
-                    self.errors += len(batch)
-                    log.exception("signal recorder: could not store %d signal(s)", len(batch))
-        finally:
-            self._ready.set()
-            bus.close()
-
-    def stop(self, timeout_s: float = 1.0) -> None:
-        """Store the signals already received, then stop the thread and close the cursor."""
-        self._stop.set()
-        self._thread.join(timeout_s)
-        try:
-            self.cur.close()
-        except duckdb.Error:
-            pass
+    con.execute("BEGIN")
+    try:
+        moved = con.execute("""
+            INSERT INTO events (seq, received_ms, topic, kind, ts, strategy, instrument_key, side,
+                                price, reason, payload, source, run_id)
+            SELECT (SELECT coalesce(max(seq), 0) FROM events) + row_number() OVER (ORDER BY s.received_ms, s.ts),
+                   s.received_ms, 'signal.' || s.strategy, 'signal', s.ts, s.strategy, s.instrument_key,
+                   s.side, s.entry, s.reason,
+                   json_object('strategy', s.strategy, 'instrument_key', s.instrument_key, 'ts', s.ts,
+                               'side', s.side, 'entry', s.entry, 'stop_loss', s.stop_loss,
+                               'target', s.target, 'reason', s.reason),
+                   s.source, s.run_id
+            FROM signals s
+            WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = 'signal' AND e.strategy = s.strategy
+                              AND e.instrument_key = s.instrument_key AND e.ts = s.ts
+                              AND e.reason = s.reason)""").fetchall()[0][0]
+        con.execute("DROP TABLE signals CASCADE")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("signals: the old signals table folded into events (%d rows not already there)", moved)
+    return int(moved)
 
 
 # --- sessions ---------------------------------------------------------------------------------
