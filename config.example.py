@@ -62,6 +62,16 @@ QUERY_ENDPOINT = "tcp://127.0.0.1:5557"
 QUERY_TIMEOUT_S = 30
 QUERY_MAX_ROWS = 1_000_000
 
+# Real-time scheduling of the tick path [AMT_REALTIME_PRIORITY]: 0 = off (the default). 1-98 runs
+# the bus, the ingestor's feed process and every strategy process under SCHED_FIFO at that
+# priority, so on a busy machine a tick is never kept waiting behind the recorder, the API or
+# another program's time slice (benchmarks/RESULTS.md: p50 and p99 tick -> strategy about halved
+# on 2 cores). Needs root or CAP_SYS_NICE (e.g. `sudo setcap cap_sys_nice+ep $(readlink -f
+# $(which python3))`); without it each process says so in one line and runs at normal priority.
+# The kernel keeps 5 % of each second for normal work (sched_rt_runtime_us), and a strategy stuck
+# in a loop is still killed by its heartbeat timeout; keep it off on a laptop you work on.
+REALTIME_PRIORITY = 0
+
 # --- Risk guard and execution (scripts/execution.py). Money in rupees, times HH:MM IST. ---------
 # Every signal passes the risk guard (trading_core/risk.py) before it may become an order.
 CAPITAL = 1_000_000            # trading capital the sizing works from

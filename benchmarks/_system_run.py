@@ -234,7 +234,8 @@ class RunSpec:
     to ``db_timeout_s`` from the first tick (stopping earlier loses the writer's queue);
     ``before_stop(system, endpoints)``: called once everything arrived, before the stop, with
     the run's ``--bus-pub``/``--bus-sub``/``--query-endpoint``; its value lands in
-    ``RunResult.extra``. ``keep``: keep the temporary folder."""
+    ``RunResult.extra``. ``keep``: keep the temporary folder. ``realtime``: the system's
+    ``REALTIME_PRIORITY`` (0: off, as a user starts it)."""
 
     replay: Path
     rate: float = 0.0
@@ -253,6 +254,7 @@ class RunSpec:
     before_stop: Callable[[System, dict[str, str]], Any] | None = None
     start_timeout_s: float = 90.0
     keep: bool = False
+    realtime: int = 0
 
     def args(self) -> list[str]:
         """The run.py options of this replay."""
@@ -333,7 +335,8 @@ def run_system(spec: RunSpec, say: Callable[[str], None] = lambda s: None) -> Ru
     result = RunResult(spec=spec, command="", tmp=str(tmp))
     result.started_ns = time.time_ns()
     system = System(tmp, *spec.args(), strategies=strategies,
-                    env={ENV_DIR: str(echo_dir), PROBE_ENV: str(probe_dir)})
+                    env={ENV_DIR: str(echo_dir), PROBE_ENV: str(probe_dir),
+                         **({"AMT_REALTIME_PRIORITY": str(spec.realtime)} if spec.realtime else {})})
     cmd = [str(a) for a in system.proc.args]
     result.command = "python3 run.py " + " ".join(_quote(a) for a in cmd[2:])
     procs: dict[str, psutil.Process] = {}

@@ -4,7 +4,7 @@
     python3 benchmarks/bench_system.py --append         # ... and appends it to benchmarks/RESULTS.md
     python3 benchmarks/bench_system.py --smoke          # one short run (tests/test_benchmarks.py)
     python3 benchmarks/bench_system.py --bus-json bus.json   # ratio to bench_bus.py's raw limit
-    python3 benchmarks/bench_system.py --only latency,day    # parts: latency, rate, memory, day
+    python3 benchmarks/bench_system.py --only latency,day    # parts: latency, latency_rt, rate, memory, day
 
 Every run is the real system as a user starts it (``python3 run.py`` through
 ``tests/system_harness.System``: free ports, a temporary DuckDB file): bus, API server, strategy
@@ -27,6 +27,10 @@ Parts (issue 9, items 2, 3, 5, 7):
    the first tick to be committed and reads the day's candles), holding the first ticks back; that
    start-up delay is reported on its own. The API sends batches every 100 ms by design, so
    signal -> browser includes up to 100 ms of batching and is reported apart from tick -> strategy.
+1b. ``latency_rt``: the same runs with ``REALTIME_PRIORITY = 10`` (the bus, the feed process
+   and the strategies under SCHED_FIFO, see config.example.py); skipped, with a row saying so,
+   where this process may not set a real-time policy (root or CAP_SYS_NICE). The other parts
+   run as a user starts the system (``--realtime P`` runs every part with ``P``).
 2. ``rate``: the highest tick rate at which every tick reaches every strategy and DuckDB (zero
    loss) and the system keeps up: the ingestor achieves >= 95 % of the asked rate, the last tick
    reaches every strategy within 1 s and DuckDB within 2 s of the ingestor taking it (DuckDB's
@@ -60,6 +64,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -211,6 +216,19 @@ def keeps_up(a: dict[str, Any], rate: float) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------- parts
+PARTS = ("latency", "latency_rt", "rate", "memory", "day")
+RT_PRIORITY = 10
+"""REALTIME_PRIORITY of the ``latency_rt`` part (any 1-98 gives the same order here: nothing else
+on the machine runs real-time)."""
+
+
+def can_use_realtime() -> bool:
+    """Whether processes started from here may take SCHED_FIFO (tried in a child, so this one's
+    policy is left alone)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
 class Parts:
     """Runs the parts and keeps their numbers in ``bench.data``."""
 
@@ -218,34 +236,42 @@ class Parts:
         self.bench, self.args = bench, args
         self.keys = tick_files_keys(DAY)
         self.rated: dict[float, dict[str, Any]] = {}
+        self._rated_rt: dict[float, dict[str, Any]] = {}
 
-    def rated_run(self, rate: float, signal_rate: float = 10.0) -> dict[str, Any]:
+    def rated_run(self, rate: float, signal_rate: float = 10.0, realtime: int | None = None) -> dict[str, Any]:
         """One run of the real day's first ``rate * (warm + window)`` ticks at ``rate`` ticks/s, all
-        1,381 contracts subscribed; each strategy emits about ``signal_rate`` signals a second."""
-        if rate in self.rated:
-            return self.rated[rate]
+        1,381 contracts subscribed; each strategy emits about ``signal_rate`` signals a second;
+        ``realtime``: the system's REALTIME_PRIORITY (None: ``--realtime``)."""
+        a = self.args
+        realtime = a.realtime if realtime is None else realtime
+        runs = self.rated if realtime == a.realtime else self._rated_rt
+        if rate not in runs:
+            runs[rate] = self._rated_run(rate, signal_rate, realtime)
+        return runs[rate]
+
+    def _rated_run(self, rate: float, signal_rate: float, realtime: int) -> dict[str, Any]:
         a = self.args
         n = int(rate * (a.warm + a.window))
         every = max(100, int(rate / signal_rate))
-        log(f"rate {rate:,.0f} ticks/s: {n:,} ticks, signal every {every} ticks")
+        log(f"rate {rate:,.0f} ticks/s: {n:,} ticks, signal every {every} ticks"
+            + (f", REALTIME_PRIORITY {realtime}" if realtime else ""))
         spec = RunSpec(DAY, rate=rate, limit=n, subscribe=self.keys, signal_every=every,
-                       timeout_s=a.window * 6 + 60, keep=a.keep)
+                       timeout_s=a.window * 6 + 60, keep=a.keep, realtime=realtime)
         res = analyse(run_system(spec, log), a.warm)
         res["rate"], res["signal_every"] = rate, every
         res["keeps_up"], res["why_not"] = keeps_up(res, rate)
         log(f"  -> {res.get('achieved_rate')}/s achieved; zero loss {res['zero_loss']}; keeps up "
             f"{res['keeps_up']} {res['why_not']}; tick->strategy {fmt_us(res.get('tick_to_strategy_us'))}")
-        self.rated[rate] = res
         return res
 
     # part 3 of the issue: latency
-    def latency(self) -> None:
+    def latency(self, realtime: int | None = None) -> None:
         b = self.bench
         out = {}
         for rate in self.args.latency_rates:
-            r = self.rated_run(rate)
+            r = self.rated_run(rate, realtime=realtime)
             out[str(int(rate))] = r
-            tag = f"{rate / 1000:g} k ticks/s"
+            tag = f"{rate / 1000:g} k ticks/s" + (f", REALTIME_PRIORITY = {realtime}" if realtime else "")
             b.row(f"latency at {tag}: tick taken by the ingestor -> strategy `on_tick` (steady state)",
                   fmt_us(r.get("tick_to_strategy_us")))
             b.row(f"latency at {tag}: the same, first {self.args.warm:g} s (strategies' warm start)",
@@ -264,10 +290,19 @@ class Parts:
                 b.check(f"every signal reached the bus and the WebSocket client at {tag}",
                         s["emitted"] == s["on_bus"] == s["at_ws"],
                         f"{s['emitted']} emitted, {s['on_bus']} on the bus, {s['at_ws']} at the client")
-        self.bench.data["latency"] = out
+        self.bench.data["latency_rt" if realtime else "latency"] = out
         ten = out.get("10000", {}).get("tick_to_strategy_us")
         if ten:
-            b.headline("p99 tick -> strategy at 10 k ticks/s", ten["p99"], "us", f"{ten['p99']:,.0f} us")
+            b.headline("p99 tick -> strategy at 10 k ticks/s" + (" (real-time)" if realtime else ""),
+                       ten["p99"], "us", f"{ten['p99']:,.0f} us")
+
+    def latency_rt(self) -> None:
+        """The latency part again with the tick path under SCHED_FIFO (REALTIME_PRIORITY =
+        :data:`RT_PRIORITY`), where this process may set it (root or CAP_SYS_NICE)."""
+        if not can_use_realtime():
+            self.bench.row("latency with REALTIME_PRIORITY", "not measured: needs root or CAP_SYS_NICE")
+            return
+        self.latency(realtime=RT_PRIORITY)
 
     # part 2 of the issue: the highest zero-loss rate
     def rate(self) -> None:
@@ -404,7 +439,8 @@ class Parts:
         source = sum(count_lines(p) for p in DAY.rglob("*.csv"))
         log(f"full day: {source:,} ticks in the source files, --speed 0")
         spec = RunSpec(DAY, speed=0, subscribe=self.keys, signal_every=10_000,
-                       timeout_s=a.day_timeout, db_timeout_s=a.day_db_timeout, keep=a.keep)
+                       timeout_s=a.day_timeout, db_timeout_s=a.day_db_timeout, keep=a.keep,
+                       realtime=a.realtime)
         r = run_system(spec, log)
         res = analyse(r, a.warm)
         res["source_lines"] = source
@@ -583,10 +619,11 @@ def targets(bench: common.Bench) -> None:
                      f"({best:,.0f}/s)" + (f"; >= half the raw bus limit: **{'met' if ratio >= 0.5 else 'missed'}** "
                                            f"({ratio:.1%})" if ratio is not None else "; raw bus ratio not measured "
                                            "(no --bus-json)"))
-    lat = (d.get("latency") or {}).get("10000", {}).get("tick_to_strategy_us")
-    if lat:
-        lines.append(f"- p99 tick -> strategy < 1 ms at 10 k/s: **{'met' if lat['p99'] < 1000 else 'missed'}** "
-                     f"({fmt_us(lat)})")
+    for part, how in (("latency", ""), ("latency_rt", f" with REALTIME_PRIORITY = {RT_PRIORITY}")):
+        lat = (d.get(part) or {}).get("10000", {}).get("tick_to_strategy_us")
+        if lat:
+            lines.append(f"- p99 tick -> strategy < 1 ms at 10 k/s{how}: "
+                         f"**{'met' if lat['p99'] < 1000 else 'missed'}** ({fmt_us(lat)})")
     mem = d.get("memory")
     if mem:
         flat = all(t["flat"] for t in mem["growth"].values())
@@ -627,8 +664,8 @@ def reading(parts: Parts) -> list[str]:
 
 def main() -> int:
     ap = common.parser(__doc__)
-    ap.add_argument("--only", default="latency,rate,memory,day",
-                    help="comma-separated parts: latency, rate, memory, day (default all)")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help="comma-separated parts: " + ", ".join(PARTS) + " (default all)")
     ap.add_argument("--bus-json", metavar="PATH", help="bench_bus.py --json output: the raw bus limit")
     ap.add_argument("--latency-rates", type=float, nargs="+", default=[1_000, 10_000], metavar="N")
     ap.add_argument("--rates", type=float, nargs="+", default=LADDER, metavar="N",
@@ -645,6 +682,9 @@ def main() -> int:
     ap.add_argument("--day-db-timeout", type=float, default=300, metavar="S",
                     help="... but wait for DuckDB to hold the whole day up to this long after its first tick")
     ap.add_argument("--keep", action="store_true", help="keep each run's temporary folder (logs, DuckDB)")
+    ap.add_argument("--realtime", type=int, default=0, metavar="P",
+                    help="run the system with REALTIME_PRIORITY = P (SCHED_FIFO for the bus, the feed and "
+                         "the strategies; needs root or CAP_SYS_NICE); default 0, as a user starts it")
     args = ap.parse_args()
     mode = common.mode_of(args)
     bench = common.Bench("system", "The whole system end to end (bench_system.py)",
@@ -656,10 +696,10 @@ def main() -> int:
         parts.smoke()
     else:
         wanted = [p.strip() for p in args.only.split(",") if p.strip()]
-        unknown = set(wanted) - {"latency", "rate", "memory", "day"}
+        unknown = set(wanted) - set(PARTS)
         if unknown:
             ap.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
-        for part in ("latency", "rate", "memory", "day"):
+        for part in PARTS:
             if part in wanted:
                 try:
                     getattr(parts, part)()

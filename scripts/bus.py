@@ -20,6 +20,7 @@ from scripts import service  # noqa: E402
 def main() -> int:
     settings = settings_mod.load()
     log = logs.setup("bus", settings.log_dir, [settings.access_token])
+    service.use_realtime_priority(settings.realtime_priority, log)
     ctx = zmq.Context.instance()
     service.die_with_parent()
     # The proxy holds no state: on SIGTERM just leave (pyzmq re-raises from the blocking call).

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_mod.load()
     log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
     service.die_with_parent()
+    service.use_realtime_priority(settings.realtime_priority, log)
     stopping = service.stop_on_signals(lambda: None)
     feed = choose_feed(args, settings)
     counters = Counters()

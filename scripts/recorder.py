@@ -50,6 +50,7 @@ import pyarrow as pa  # noqa: E402
 
 from trading_core import audit, logs, persistence, query as query_mod, query_server  # noqa: E402
 from trading_core import settings as settings_mod, views  # noqa: E402
+from scripts import service  # noqa: E402
 
 SERVICE = "recorder"
 SCRIPT = Path(__file__).resolve()
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    service.use_normal_priority()      # the feed may run real-time (REALTIME_PRIORITY); recording never
     os.nice(NICE)
     rx, tx = Connection(args.fd_in, writable=False), Connection(args.fd_out, readable=False)
     settings = settings_mod.load()

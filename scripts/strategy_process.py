@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     settings = settings_mod.load()
     log = logs.setup(f"strategy.{name}", settings.log_dir, [settings.access_token])
+    service.use_realtime_priority(settings.realtime_priority, log)
     service.die_with_parent()
     stopping = service.stop_on_signals(lambda: None)
     try:

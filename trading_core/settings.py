@@ -27,6 +27,7 @@ ENV = {
     "query_endpoint": "AMT_QUERY_ENDPOINT",
     "query_timeout_s": "AMT_QUERY_TIMEOUT_S",
     "query_max_rows": "AMT_QUERY_MAX_ROWS",
+    "realtime_priority": "AMT_REALTIME_PRIORITY",
     "access_token": "UPSTOX_ACCESS_TOKEN",
     "upstox_base_url": "UPSTOX_BASE_URL",
     "upstox_order_base_url": "UPSTOX_ORDER_BASE_URL",
@@ -72,6 +73,7 @@ class Settings:
     query_endpoint: str = "tcp://127.0.0.1:5557"
     query_timeout_s: float = 30.0
     query_max_rows: int = 1_000_000
+    realtime_priority: int = 0                            # SCHED_FIFO priority of the tick path; 0 = off
     # Risk guard, paper execution and live orders (trading_core/risk.py, paper.py,
     # execution_client.py; validated by _execution_settings). Money in rupees, times HH:MM IST.
     capital: float = 1_000_000.0
@@ -171,9 +173,22 @@ def load(config_file: str | Path | None = None) -> Settings:
         log_dir=_abs(get("log_dir", "logs")),
         sim_seed=seed,
         config_file=path,
+        realtime_priority=_realtime_priority(path.name, get),
         **_query_settings(path.name, get),
         **_execution_settings(path.name, get, base_url),
     )
+
+
+def _realtime_priority(name: str, get) -> int:
+    """REALTIME_PRIORITY: 0 (off) or a SCHED_FIFO priority 1-98; raises ``ValueError`` naming it."""
+    raw = get("realtime_priority", 0)
+    try:
+        priority = int(raw or 0)
+    except (TypeError, ValueError):
+        priority = -1
+    if not 0 <= priority <= 98:
+        raise ValueError(f"{name}: REALTIME_PRIORITY must be 0 (off) or a SCHED_FIFO priority 1-98, got {raw!r}")
+    return priority
 
 
 def _query_settings(name: str, get) -> dict:
