@@ -1,11 +1,11 @@
 """The recorder: the ingestor's second process, which owns the DuckDB file.
 
 It inserts the ticks and candles the ingestor hands over (Arrow batches through a pipe), records
-the audit trail (signals, risk decisions, orders, fills, positions), and serves research SQL on ``QUERY_ENDPOINT``. The
-ingestor starts it (``RecorderLink``) as it starts, lets it open the file once its own start-up
-reads are done (where a replay resumes, the forming bar's ticks) and stops it when it stops; the
-supervisor does not watch it (a recorder that dies takes the ingestor down with it, and the
-supervisor restarts that).
+the audit trail (signals, risk decisions, orders, fills, positions) and serves research SQL on
+``QUERY_ENDPOINT``. The ingestor starts it (``RecorderLink``) as it starts, lets it open the file
+once its own start-up reads are done (where a replay resumes, the forming bar's ticks) and stops
+it when it stops; the supervisor does not watch it (a recorder that dies takes the ingestor down
+with it, and the supervisor restarts that).
 
 Why a process of its own: pyzmq releases the GIL around every send, so in one process each tick
 the feed thread published let the DuckDB writer, the recorders or the query service take the GIL

@@ -57,7 +57,8 @@ def test_the_process_and_the_threads_it_starts_run_fifo_until_reset():
 @needs_root
 @needs_setpriv
 def test_without_the_right_it_is_one_line_and_a_normal_run():
-    lines = probe(7, ("setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"))   # root without CAP_SYS_NICE
+    without_cap = ("setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice")   # root, no CAP_SYS_NICE
+    lines = probe(7, without_cap)
     assert len(lines) == 3, lines
     assert lines[0].startswith("REALTIME_PRIORITY=7 not applied (") and "CAP_SYS_NICE" in lines[0]
     assert lines[1:] == ["applied False False False 0", "after True"]
