@@ -268,10 +268,11 @@ class Parts:
     def latency(self, realtime: int | None = None) -> None:
         b = self.bench
         out = {}
+        priority = self.args.realtime if realtime is None else realtime
         for rate in self.args.latency_rates:
             r = self.rated_run(rate, realtime=realtime)
             out[str(int(rate))] = r
-            tag = f"{rate / 1000:g} k ticks/s" + (f", REALTIME_PRIORITY = {realtime}" if realtime else "")
+            tag = f"{rate / 1000:g} k ticks/s" + (f", REALTIME_PRIORITY = {priority}" if priority else "")
             b.row(f"latency at {tag}: tick taken by the ingestor -> strategy `on_tick` (steady state)",
                   fmt_us(r.get("tick_to_strategy_us")))
             b.row(f"latency at {tag}: the same, first {self.args.warm:g} s (strategies' warm start)",
@@ -293,7 +294,7 @@ class Parts:
         self.bench.data["latency_rt" if realtime else "latency"] = out
         ten = out.get("10000", {}).get("tick_to_strategy_us")
         if ten:
-            b.headline("p99 tick -> strategy at 10 k ticks/s" + (" (real-time)" if realtime else ""),
+            b.headline("p99 tick -> strategy at 10 k ticks/s" + (" (real-time)" if priority else ""),
                        ten["p99"], "us", f"{ten['p99']:,.0f} us")
 
     def latency_rt(self) -> None:

@@ -45,7 +45,7 @@ def use_realtime_priority(priority: int, log) -> bool:
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (PermissionError, AttributeError, OSError) as exc:
+    except (AttributeError, OSError) as exc:      # PermissionError without the right
         log.warning("REALTIME_PRIORITY=%d not applied (%s): needs root or CAP_SYS_NICE; running at "
                     "normal priority", priority, getattr(exc, "strerror", None) or exc)
         return False

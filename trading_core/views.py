@@ -73,6 +73,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from trading_core import audit
 
 log = logging.getLogger("views")
 
@@ -179,7 +180,6 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
     ``signals`` table of an older file into ``events``, and (re)create the views and macros in
     ``con``'s database. Needs the tables of :mod:`trading_core.persistence` (run after
     ``connect``)."""
-    from trading_core import audit
     audit.install(con)
     _fold_signals_table(con)
     for name, cols in TABLES.items():
@@ -199,7 +199,6 @@ def ensure_temp(con: duckdb.DuckDBPyConnection) -> list[str]:
                                         "WHERE function_type = 'table_macro'").fetchall()}
     made = []
     if "events" not in tables:              # a file older than the audit trail: ``signals`` reads it
-        from trading_core import audit
         con.execute(audit.TABLE_SQL.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE", 1))
         made.append("events")
     for name, cols in TABLES.items():
