@@ -27,6 +27,11 @@ Parts (issue 9, items 2, 3, 5, 7):
    the first tick to be committed and reads the day's candles), holding the first ticks back; that
    start-up delay is reported on its own. The API sends batches every 100 ms by design, so
    signal -> browser includes up to 100 ms of batching and is reported apart from tick -> strategy.
+   The ingestor stamps a tick when its feed thread takes it, so a stall of that thread (a
+   hand-over to the recorder, frames built ahead) delays the stamp too and is invisible to
+   tick -> strategy; the rows "tick due -> ..." measure from when the constant-rate schedule made
+   each tick due (``i / rate`` after the schedule's start, put where no batch is taken before its
+   first tick is due), which such stalls cannot hide from.
 1b. ``latency_rt``: the same runs with ``REALTIME_PRIORITY = 10`` (the bus, the feed process
    and the strategies under SCHED_FIFO, see config.example.py); skipped, with a row saying so,
    where this process may not set a real-time policy (root or CAP_SYS_NICE). The other parts
@@ -101,12 +106,12 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- statistics
 def pct(values: np.ndarray, unit_ns: float = 1e3) -> dict[str, float] | None:
-    """p50, p99, p99.9 and max of ``values`` (ns) in units of ``unit_ns`` (default µs), with n."""
+    """p50, p99, p99.9, min and max of ``values`` (ns) in units of ``unit_ns`` (default µs), with n."""
     if values is None or len(values) == 0:
         return None
     p50, p99, p999 = np.percentile(values, [50, 99, 99.9])
     return {"n": int(len(values)), "p50": p50 / unit_ns, "p99": p99 / unit_ns, "p99_9": p999 / unit_ns,
-            "max": float(values.max()) / unit_ns}
+            "min": float(values.min()) / unit_ns, "max": float(values.max()) / unit_ns}
 
 
 def fmt_us(s: dict | None) -> str:
@@ -120,10 +125,13 @@ def fmt_us(s: dict | None) -> str:
             f"(n = {s['n']:,})")
 
 
-def analyse(r: RunResult, warm_s: float, after_warm_start: bool = True) -> dict[str, Any]:
+def analyse(r: RunResult, warm_s: float, after_warm_start: bool = True, rate: float = 0.0) -> dict[str, Any]:
     """Numbers of one run: achieved rate, lags, tick -> strategy latency (steady state: ticks taken
     ``warm_s`` s after the first and, if ``after_warm_start``, 1 s after the last strategy's warm
-    start; and the warm-up), the signal path, CPU seconds and RSS."""
+    start; and the warm-up), the signal path, CPU seconds and RSS. With the run's constant replay
+    ``rate`` (ticks/s), also each tick's delay from when the replay schedule made it due (its
+    start + ``i / rate``) to its taking and to each strategy: the stamp taken when
+    the ingestor takes a tick comes after any stall of its feed thread, which only this shows."""
     out: dict[str, Any] = {"ticks": r.total, "zero_loss": r.ok, "failure": r.failure,
                            "command": r.command, "cpu_s": r.cpu_s, "busy_s": round(r.busy_s, 1),
                            "rss_mb_end": {k: round(v, 1) for k, v in r.rss_end.items()},
@@ -145,7 +153,17 @@ def analyse(r: RunResult, warm_s: float, after_warm_start: bool = True) -> dict[
         steady_from = max(steady_from, max(firsts) + int(1e9))
     out["steady_from_s"] = round((steady_from - t0) / 1e9, 2)
     out["first_on_tick_s"] = round((max(firsts) - t0) / 1e9, 2) if firsts else None
-    lat_steady, lat_warm, last_arrival = [], [], []
+    lat_steady, lat_warm, last_arrival, due_steady = [], [], [], []
+    due_by_seq = None
+    if rate > 0:
+        # The schedule's start: as late as lets no batch (ticks sharing a stamp) be taken before
+        # its first tick was due; the other ticks of a batch may be up to a quantum early.
+        seq0, stamps = int(r.recv[:, 0].min()), r.recv[:, 1]
+        first = np.r_[True, stamps[1:] != stamps[:-1]]
+        offset_ns = ((np.arange(len(recv_by_seq)) - seq0) * (1e9 / rate)).astype(np.int64)
+        due_by_seq = (stamps[first] - offset_ns[r.recv[first, 0]]).min() + offset_ns
+        taken = r.recv[recv_by_seq[r.recv[:, 0]] >= steady_from]
+        out["due_to_taken_us"] = pct(taken[:, 1] - due_by_seq[taken[:, 0]])
     per_strategy = {}
     tail_from = t_last - int(2e9)
     tail = []
@@ -160,12 +178,16 @@ def analyse(r: RunResult, warm_s: float, after_warm_start: bool = True) -> dict[
         lat_steady.append(lat[steady])
         lat_warm.append(lat[~steady])
         tail.append(lat[rec >= tail_from])
+        if due_by_seq is not None:
+            due_steady.append((a[ok, 1] - due_by_seq[seqs[ok]])[steady])
         last_arrival.append(int(a[:, 1].max()))
         per_strategy[name] = pct(lat[steady])
     if lat_steady:
         out["tick_to_strategy_us"] = pct(np.concatenate(lat_steady))
         out["tick_to_strategy_warmup_us"] = pct(np.concatenate(lat_warm))
         out["tick_to_strategy_last_2s_us"] = pct(np.concatenate(tail))
+        if due_steady:
+            out["due_to_strategy_us"] = pct(np.concatenate(due_steady))
         out["per_strategy_us"] = per_strategy
         out["strategies_done_after_s"] = round((max(last_arrival) - t_last) / 1e9, 3)
         out["all_done_s"] = round((max(max(last_arrival), r.written_ns or 0) - t0) / 1e9, 2)
@@ -257,7 +279,7 @@ class Parts:
             + (f", REALTIME_PRIORITY {realtime}" if realtime else ""))
         spec = RunSpec(DAY, rate=rate, limit=n, subscribe=self.keys, signal_every=every,
                        timeout_s=a.window * 6 + 60, keep=a.keep, realtime=realtime)
-        res = analyse(run_system(spec, log), a.warm)
+        res = analyse(run_system(spec, log), a.warm, rate=rate)
         res["rate"], res["signal_every"] = rate, every
         res["keeps_up"], res["why_not"] = keeps_up(res, rate)
         log(f"  -> {res.get('achieved_rate')}/s achieved; zero loss {res['zero_loss']}; keeps up "
@@ -278,6 +300,11 @@ class Parts:
             b.row(f"latency at {tag}: the same, first {self.args.warm:g} s (strategies' warm start)",
                   fmt_us(r.get("tick_to_strategy_warmup_us")) + f"; warm start took "
                   + ", ".join(f"{v} ms" for v in r.get("warm_start_ms", {}).values() if v is not None))
+            b.row(f"latency at {tag}: tick due by the replay's schedule -> taken by the ingestor "
+                  f"(up to 2 ms early: ticks due within a sleep quantum go together)",
+                  fmt_us(r.get("due_to_taken_us")))
+            b.row(f"latency at {tag}: tick due -> strategy `on_tick` (includes stalls of the feed)",
+                  fmt_us(r.get("due_to_strategy_us")))
             s = r.get("signals", {})
             b.row(f"latency at {tag}: strategy `on_tick` -> its signal off the bus",
                   fmt_us(s.get("strategy_to_bus_us")))
@@ -492,12 +519,13 @@ class Parts:
         spec = RunSpec(DAY, rate=1000, limit=1500, instruments=[key], strategies=2, signal_every=100,
                        timeout_s=60, keep=self.args.keep)
         r = run_system(spec, log)
-        res = analyse(r, 0.0, after_warm_start=False)
+        res = analyse(r, 0.0, after_warm_start=False, rate=spec.rate)
         self.bench.data["smoke"] = res
         b.check("zero loss", r.ok, r.failure or f"{r.total:,} ticks in each of 2 strategies and DuckDB")
         s = res.get("signals", {})
         b.row("1,500 NIFTY-I ticks at 1,000/s, 2 echo strategies: tick -> strategy (warm start included)",
               fmt_us(res.get("tick_to_strategy_us")))
+        b.row("the same from each tick's due time by the replay's schedule", fmt_us(res.get("due_to_strategy_us")))
         b.row("ticks taken by the ingestor", f"{r.total:,} at {res.get('achieved_rate') or 0:,.0f}/s; "
               f"all in DuckDB {res.get('duckdb_done_after_s')} s and in both strategies "
               f"{res.get('strategies_done_after_s')} s after the last")

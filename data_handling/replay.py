@@ -35,9 +35,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from data_handling.instruments import instrument_key, tick_file_key
-from trading_core.messages import Tick, tick_frames
+from trading_core.messages import Tick, tick_frames, tick_frames_rows
 
 IST_OFFSET_MS = (5 * 60 + 30) * 60_000
 """IST - UTC in milliseconds (India has no DST)."""
@@ -52,6 +53,9 @@ SLEEP_QUANTUM_S = 0.002
 this early), so the feed sends one batch per quantum rather than one per tick."""
 CHUNK = 65_536
 """Rows converted to Python objects at a time while iterating."""
+ROW_FRAMES_MAX = 1_024
+"""A paced batch smaller than this gets its bus frames built row by row (no cost per call),
+a larger one column-wise (see :func:`trading_core.messages.tick_frames_rows`)."""
 
 BAR_COLUMNS = ("instrument_key", "ts", "open", "high", "low", "close", "volume", "oi", "date")
 TICK_COLUMNS = ("instrument_key", "ts", "ltp", "ltq", "oi")
@@ -588,6 +592,7 @@ class ReplaySource:
         self._ltp = self._df.get_column("ltp").to_numpy()
         self._ltq = self._df.get_column("ltq").to_numpy()
         self._oi = self._df.get_column("oi").to_numpy()
+        self._key_array = pa.array(self._keys, pa.string())
 
     def frame(self) -> pl.DataFrame:
         """All ticks to replay, in replay order: ``instrument_key`` (String), ``ts`` (Int64
@@ -611,8 +616,9 @@ class ReplaySource:
 
     def batches(self, start_seq: int = 0, rows: int = CHUNK, frames: bool = True) -> Iterator["TickBatch"]:
         """Iterate the ticks from ``seq == start_seq`` on as :class:`TickBatch` runs of
-        consecutive ticks, each with its bus frames (``frames=True``) built column-wise
-        (:func:`trading_core.messages.tick_frames`).
+        consecutive ticks, each with its bus frames (``frames=True``): built column-wise
+        (:func:`trading_core.messages.tick_frames`), or row by row for a paced batch of fewer
+        than :data:`ROW_FRAMES_MAX` ticks (:func:`trading_core.messages.tick_frames_rows`).
 
         ``speed == 0`` and ``rate == 0``: batches of ``rows`` ticks, never sleeping. Otherwise
         each tick has a due time after the first (``rate``: ``i / rate`` seconds; ``speed``:
@@ -644,7 +650,7 @@ class ReplaySource:
         chunk = min(rows, 4_096)  # a paced replay builds frames a little ahead, never far
         for lo in range(start, n, chunk):
             hi = min(lo + chunk, n)
-            batch = self._batch(lo, hi, frames)
+            batch = self._batch(lo, hi, frames=False)
             d = due[lo - start:hi - start]
             j = 0
             while j < len(d):
@@ -654,7 +660,12 @@ class ReplaySource:
                     slept += ahead
                 now = max(clock() - t0, slept)
                 k = max(int(np.searchsorted(d, now + SLEEP_QUANTUM_S, side="right")), j + 1)
-                yield batch if (j, k) == (0, len(d)) else batch.slice(j, k)
+                part = batch if (j, k) == (0, len(d)) else batch.slice(j, k)
+                if frames:              # built per batch: a whole chunk's at once would hold the feed ~5 ms
+                    part.frames = (tick_frames_rows(part.keys, part.ts, part.ltp, part.ltq, part.oi,
+                                                    part.first_seq, "replay")
+                                   if len(part) < ROW_FRAMES_MAX else tick_frames(part.table, "replay"))
+                yield part
                 j = k
 
     def _due_s(self, start: int) -> np.ndarray | None:
@@ -680,6 +691,9 @@ class ReplaySource:
             oi=self._oi[lo:hi].tolist(),
             frames=tick_frames(part, "replay") if frames else None,
             table=part,
+            rows=pa.table([self._key_array.take(self._codes[lo:hi]), self._ts[lo:hi], self._ltp[lo:hi],
+                           self._ltq[lo:hi], self._oi[lo:hi], np.arange(lo, hi, dtype=np.int64)],
+                          names=list(FRAME_COLUMNS)),
         )
 
 
@@ -689,7 +703,10 @@ class TickBatch:
     ``ts`` (epoch ms UTC), ``ltp`` (rupees), ``ltq`` (units), ``oi`` (units), equal-length
     lists; the ticks' ``seq`` run from ``first_seq``. ``frames``: their bus frames
     (``topic\\0json``, one per tick) or None. ``table``: the same rows as a polars frame with
-    :data:`FRAME_COLUMNS`, for writing to DuckDB without a Python object per tick."""
+    :data:`FRAME_COLUMNS`, for the column-wise candles and profiles of a big batch; ``rows``:
+    them again as a ``pyarrow.Table`` (instrument_key string, ts/ltq/seq int64, ltp/oi double),
+    for writing to DuckDB (:meth:`trading_core.persistence.TickBatcher.add_tick_table`) without
+    a Python object per tick or polars' cost per call (its numeric columns share the source's arrays)."""
 
     first_seq: int
     keys: list[str]
@@ -699,6 +716,7 @@ class TickBatch:
     oi: list[float]
     frames: list[bytes] | None
     table: pl.DataFrame
+    rows: pa.Table
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -720,4 +738,4 @@ class TickBatch:
         return TickBatch(self.first_seq + lo, self.keys[lo:hi], self.ts[lo:hi], self.ltp[lo:hi],
                          self.ltq[lo:hi], self.oi[lo:hi],
                          self.frames[lo:hi] if self.frames is not None else None,
-                         self.table.slice(lo, hi - lo))
+                         self.table.slice(lo, hi - lo), self.rows.slice(lo, hi - lo))

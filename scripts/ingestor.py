@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             publish_frames(frames[sent:] if sent else frames)
             profiles.on_table(table)
             last_frames.update(zip(batch.keys, frames))
-        writer.add_tick_table(table)
+        writer.add_tick_table(batch.rows)
         counters.published += len(batch)
         counters.last_tick_ts = batch.ts[-1]
 

@@ -32,6 +32,7 @@ ingestor closing the pipe, or dying, stops it, so nothing handed over is lost. L
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import struct
@@ -56,6 +57,12 @@ SERVICE = "recorder"
 SCRIPT = Path(__file__).resolve()
 _BATCH = struct.Struct("<qBB")
 STATS_EVERY_S = 0.25
+PIPE_BYTES = 1 << 20
+"""Capacity asked for the ingestor -> recorder pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
+``/proc/sys/fs/pipe-max-size``). At the default 64 KiB a 100 ms hand-over at 10,000 ticks/s
+(about 90 KB of Arrow) did not fit, so each one blocked the feed until the recorder, at nice 10,
+had read it: 0.4 ms at the median and up to 15 ms, the largest part of the tick -> strategy p99
+(benchmarks/RESULTS.md, issue 9). 1 MiB holds about a second of hand-overs at that rate."""
 NICE = 10
 """The recorder's niceness: recording is throughput work with a bounded pipe to hold the feed
 back, so on a busy machine the scheduler should run the feed, bus and strategies first. At
@@ -102,6 +109,23 @@ def start_query_server(con, settings: settings_mod.Settings, log) -> query_serve
     return server
 
 
+def _widen_pipe(fd: int, size: int = PIPE_BYTES) -> int:
+    """Ask for a pipe buffer of ``size`` bytes on ``fd``; returns the capacity it has (bytes).
+    Where the system refuses (not Linux, or ``size`` above ``/proc/sys/fs/pipe-max-size`` for a
+    user without ``CAP_SYS_RESOURCE``) the pipe keeps its capacity, said in one warning line:
+    recording still works, but hand-overs larger than it make the feed wait."""
+    set_size, get_size = getattr(fcntl, "F_SETPIPE_SZ", None), getattr(fcntl, "F_GETPIPE_SZ", None)
+    if set_size is None:
+        return 0
+    try:
+        return fcntl.fcntl(fd, set_size, size)
+    except OSError as exc:
+        have = fcntl.fcntl(fd, get_size)
+        persistence.log.warning("recorder pipe kept at %d bytes (asked for %d: %s); large "
+                                "hand-overs will hold the feed back", have, size, exc.strerror)
+        return have
+
+
 def _ipc(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as out:
@@ -142,6 +166,7 @@ class RecorderLink(persistence.TickBatcher):
         self._lock = threading.Lock()            # the feed thread's close() and health's polls
         self._closed = False
         to_child_r, to_child_w = os.pipe()
+        _widen_pipe(to_child_w)
         from_child_r, from_child_w = os.pipe()
         try:
             self.proc = subprocess.Popen(

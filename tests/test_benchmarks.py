@@ -103,6 +103,11 @@ def test_system_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert res["bench"] == "system" and res["checks"], res
     assert all(c["ok"] for c in res["checks"]), res["checks"]      # zero loss through the whole system
+    smoke = res["data"]["smoke"]
+    # every tick is timed from its due time too; none is taken more than the 2 ms quantum early
+    assert smoke["due_to_taken_us"]["n"] == 1_500 and smoke["due_to_strategy_us"]["n"] == 2 * 1_500
+    assert smoke["due_to_taken_us"]["min"] > -2_000.5
+    assert smoke["due_to_strategy_us"]["p50"] > smoke["due_to_taken_us"]["p50"]
 
 
 def test_run_all_smoke_prints_table_and_leaves_results_alone(tmp_path):

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from data_handling.replay import ReplaySource
+from scripts import recorder
 from scripts.recorder import RecorderError, RecorderLink
 from tests.conftest import FO_TICKS
 from tests.system_harness import recorder_environment
@@ -42,7 +43,7 @@ def test_a_real_replay_reaches_duckdb_whole_and_in_order(recorder_env, shared_da
     link = start(recorder_env)
     expected = list(futures.ticks())
     for batch in futures.batches(rows=3_000, frames=False):      # a replay's column-wise path
-        link.add_tick_table(batch.table)
+        link.add_tick_table(batch.rows)
     candle = m.Candle(instrument_key=expected[0].instrument_key, interval="1m",
                       ts=expected[0].ts // 60_000 * 60_000, open=1, high=2, low=0.5, close=1.5,
                       volume=10, oi=0, ticks=3)
@@ -112,3 +113,22 @@ def test_ctrl_c_reaching_the_recorder_loses_nothing(recorder_env, shared_data):
     con = duckdb.connect(str(recorder_env), read_only=True)
     assert con.execute("SELECT count(DISTINCT seq), max(seq) FROM ticks").fetchone() == (2_000, 1_999)
     con.close()
+
+
+def test_the_pipe_to_the_recorder_holds_a_second_of_hand_overs(monkeypatch, caplog):
+    r, w = os.pipe()
+    try:
+        assert recorder._widen_pipe(w) == recorder.PIPE_BYTES == 1 << 20      # Linux's default maximum
+        real = recorder.fcntl.fcntl
+
+        def refuse(fd, op, arg=0):
+            if op == recorder.fcntl.F_SETPIPE_SZ:
+                raise PermissionError(1, "Operation not permitted")
+            return real(fd, op, arg)
+
+        monkeypatch.setattr(recorder.fcntl, "fcntl", refuse)
+        assert recorder._widen_pipe(w, 1 << 22) == 1 << 20                    # kept, and said so
+        assert "recorder pipe kept at 1048576 bytes (asked for 4194304: Operation not permitted)" in caplog.text
+    finally:
+        os.close(r)
+        os.close(w)

@@ -46,12 +46,41 @@ def test_column_frames_of_any_values(key, ts, ltp, ltq, oi, seq):
     assert m.decode(m.tick_frames(frame, "replay")[0]) == (m.tick_topic(key), tick)
 
 
-def test_tick_tables_are_stored_like_ticks(futures, tmp_path):
+@settings(max_examples=200, deadline=None)
+@given(key=st.text(min_size=1, max_size=30).filter(lambda k: "\x00" not in k),
+       ts=st.integers(0, 2**62), ltp=st.floats(0.01, 1e9), ltq=st.integers(0, 2**40),
+       oi=st.floats(0, 1e12), seq=st.integers(0, 2**40))
+def test_row_frames_of_any_values(key, ts, ltp, ltq, oi, seq):
+    tick = m.Tick(instrument_key=key, ts=ts, ltp=ltp, ltq=ltq, oi=oi, seq=seq, source="replay")
+    assert m.decode(m.tick_frames_rows([key], [ts], [ltp], [ltq], [oi], seq, "replay")[0]) == (
+        m.tick_topic(key), tick)
+
+
+def test_row_frames_are_the_column_frames(futures):
+    batch = next(futures.batches(rows=4_096, start_seq=30_000, frames=False))
+    rows = m.tick_frames_rows(batch.keys, batch.ts, batch.ltp, batch.ltq, batch.oi, batch.first_seq, "replay")
+    assert rows == m.tick_frames(batch.table, "replay")
+
+
+def test_paced_batches_carry_the_frames_of_their_ticks(futures, fake_clock):
+    # small paced batches get row-built frames, a batch of a whole chunk column-built ones
+    _, _, sleep = fake_clock
+    for rate in (10_000, 10_000_000):
+        src = ReplaySource(FO_TICKS / "Futures", rate=rate, limit=8_192, sleep=sleep)
+        batches = list(src.batches())
+        assert (min(len(b) for b in batches) < 1_024) == (rate == 10_000)
+        assert max(len(b) for b in batches) == (21 if rate == 10_000 else 4_096)
+        frames = [f for b in batches for f in b.frames]
+        assert [m.decode(f) for f in frames] == [(m.tick_topic(t.instrument_key), t) for t in src.ticks()]
+
+
+@pytest.mark.parametrize("kind", ["arrow", "polars"])
+def test_tick_tables_are_stored_like_ticks(futures, tmp_path, kind):
     con = persistence.connect(tmp_path / "t.duckdb")
     persistence.start_run(con, "r", "replay", "x")
     writer = persistence.BatchWriter(con, "r", "replay", max_rows=20_000)
     for batch in futures.batches(rows=7_000, frames=False):
-        writer.add_tick_table(batch.table)
+        writer.add_tick_table(batch.rows if kind == "arrow" else batch.table)
     writer.close()
     stored = con.execute("SELECT instrument_key, ts, ltp, ltq, oi, seq, source, backfilled, bid "
                          "FROM ticks ORDER BY seq").fetchall()

@@ -72,6 +72,9 @@ CREATE OR REPLACE VIEW candles_1m_ist AS
 TICK_BASE_SCHEMA = pa.schema([("instrument_key", pa.string()), ("ts", pa.int64()), ("ltp", pa.float64()),
                               ("ltq", pa.int64()), ("oi", pa.float64()), ("seq", pa.int64()),
                               ("source", pa.string()), ("backfilled", pa.bool_())])
+TICK_TABLE_SCHEMA = pa.schema(list(TICK_BASE_SCHEMA)[:6])
+"""What :meth:`TickBatcher.add_tick_table` takes: :data:`TICK_BASE_SCHEMA` without ``source`` and
+``backfilled`` (the batcher's source; never backfilled)."""
 # Columns of messages.Quote, NULL when a tick has no quote (the order is the table's).
 _DEPTH_TYPE = pa.list_(pa.struct([("bid_qty", pa.int64()), ("bid", pa.float64()),
                                   ("ask_qty", pa.int64()), ("ask", pa.float64())]))
@@ -172,7 +175,7 @@ class TickBatcher:
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
         self._ticks = _Columns(TICK_BASE_SCHEMA)
-        self._tables: list = []                         # polars frames from add_tick_table
+        self._tables: list[pa.Table] = []               # from add_tick_table, in TICK_TABLE_SCHEMA
         self._candle_tables: list = []                  # polars frames from add_candle_table
         self._table_rows = 0
         self._quotes: list[tuple[int, m.Quote]] = []   # (row in the tick buffer, quote)
@@ -192,15 +195,21 @@ class TickBatcher:
             self.handover()
 
     def add_tick_table(self, ticks) -> None:
-        """Buffer many ticks held as a ``polars.DataFrame`` with columns ``instrument_key, ts,
-        ltp, ltq, oi, seq`` (units as in ``ticks``; no quotes, not backfilled), e.g. a replay's
-        :class:`data_handling.replay.TickBatch` table: no Python object per tick. ``seq`` must
-        increase across calls. Hands the batch over when full or due."""
+        """Buffer many ticks held as a table with columns ``instrument_key, ts, ltp, ltq, oi,
+        seq`` (units as in ``ticks``; no quotes, not backfilled): a ``pyarrow.Table`` (cheapest
+        in :data:`TICK_TABLE_SCHEMA`, e.g. a replay's :class:`data_handling.replay.TickBatch`
+        ``rows``: a few microseconds a call) or a ``polars.DataFrame`` (converted here, about
+        1 ms a call). No Python object per tick. ``seq`` must increase across calls. Hands the
+        batch over when full or due."""
         if not len(ticks):
             return
+        if not isinstance(ticks, pa.Table):
+            ticks = ticks.to_arrow()
+        if ticks.schema != TICK_TABLE_SCHEMA:
+            ticks = ticks.select(TICK_TABLE_SCHEMA.names).cast(TICK_TABLE_SCHEMA)
         self._tables.append(ticks)
         self._table_rows += len(ticks)
-        self._last_seq = int(ticks.get_column("seq")[-1])
+        self._last_seq = ticks.column("seq")[-1].as_py()
         if len(self._ticks) + self._table_rows >= self.max_rows:
             self.handover()
 
@@ -228,7 +237,7 @@ class TickBatcher:
         ticks, candles = _with_quotes(self._ticks.take(), self._quotes), self._candles.take()
         self._quotes = []
         if self._tables:
-            tables = self._table_arrow(self._tables, TICK_BASE_SCHEMA, backfilled=False)
+            tables = self._tick_tables(self._tables)
             ticks = tables if ticks is None else pa.concat_tables([ticks, tables], promote_options="default")
             self._tables, self._table_rows = [], 0
         if self._candle_tables:
@@ -242,10 +251,15 @@ class TickBatcher:
     def _deliver(self, ticks: pa.Table | None, candles: pa.Table | None, last_seq: int) -> None:
         raise NotImplementedError
 
-    def _table_arrow(self, frames: list, schema: pa.Schema, **constants) -> pa.Table:
+    def _tick_tables(self, tables: list[pa.Table]) -> pa.Table:
+        rows = pa.concat_tables(tables).combine_chunks()
+        n = rows.num_rows
+        return rows.append_column(TICK_BASE_SCHEMA.field("source"), pa.repeat(pa.scalar(self.source), n)) \
+                   .append_column(TICK_BASE_SCHEMA.field("backfilled"), pa.repeat(pa.scalar(False), n))
+
+    def _table_arrow(self, frames: list, schema: pa.Schema) -> pa.Table:
         import polars as pl
-        table = pl.concat(frames, rechunk=True).with_columns(
-            source=pl.lit(self.source), **{k: pl.lit(v) for k, v in constants.items()}).select(schema.names)
+        table = pl.concat(frames, rechunk=True).with_columns(source=pl.lit(self.source)).select(schema.names)
         return table.to_arrow().cast(schema)
 
 

@@ -16,6 +16,9 @@ const browser = await puppeteer.launch({
   browser: 'firefox',
   executablePath: process.env.AMT_FIREFOX || '/usr/bin/firefox-esr',
   headless: true,
+  // set as the pages open, where puppeteer tolerates Firefox ESR 140.12's lack of the screen
+  // orientation override that page.setViewport() also sends (and fails on)
+  defaultViewport: { width: 1400, height: 900 },
   // no updates, telemetry or other calls out: the machine may be offline
   extraPrefsFirefox: { 'app.update.enabled': false, 'datareporting.policy.dataSubmissionEnabled': false,
                        'toolkit.telemetry.enabled': false, 'network.captive-portal-service.enabled': false },
@@ -23,7 +26,6 @@ const browser = await puppeteer.launch({
 const errors = [];
 try {
   const page = await browser.newPage();
-  await page.setViewport({ width: 1400, height: 900 });
   page.on('pageerror', (err) => errors.push(`pageerror: ${err.message || err}`));
   page.on('console', (msg) => { if (msg.type() === 'error') errors.push(`console: ${msg.text()}`); });
   await page.goto(url);
