@@ -61,8 +61,8 @@ PIPE_BYTES = 1 << 20
 """Capacity asked for the ingestor -> recorder pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
 ``/proc/sys/fs/pipe-max-size``). At the default 64 KiB a 100 ms hand-over at 10,000 ticks/s
 (about 90 KB of Arrow) did not fit, so each one blocked the feed until the recorder, at nice 10,
-had read it: 0.4 ms at the median and up to 15 ms, the largest part of the tick -> strategy p99
-(benchmarks/RESULTS.md, issue 9). 1 MiB holds about a second of hand-overs at that rate."""
+had read it: 0.4 ms at the median and up to 15-70 ms, the largest part of how late the feed
+sent ticks against the replay's schedule (benchmarks/RESULTS.md, issue 9). 1 MiB holds about a second of hand-overs at that rate."""
 NICE = 10
 """The recorder's niceness: recording is throughput work with a bounded pipe to hold the feed
 back, so on a busy machine the scheduler should run the feed, bus and strategies first. At
