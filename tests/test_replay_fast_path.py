@@ -80,6 +80,7 @@ def test_tick_tables_are_stored_like_ticks(futures, tmp_path, kind):
     persistence.start_run(con, "r", "replay", "x")
     writer = persistence.BatchWriter(con, "r", "replay", max_rows=20_000)
     for batch in futures.batches(rows=7_000, frames=False):
+        assert batch.rows.schema == persistence.TICK_TABLE_SCHEMA      # the writer's no-cast path
         writer.add_tick_table(batch.rows if kind == "arrow" else batch.table)
     writer.close()
     stored = con.execute("SELECT instrument_key, ts, ltp, ltq, oi, seq, source, backfilled, bid "
