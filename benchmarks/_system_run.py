@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import sys
@@ -235,7 +234,8 @@ class RunSpec:
     ``before_stop(system, endpoints)``: called once everything arrived, before the stop, with
     the run's ``--bus-pub``/``--bus-sub``/``--query-endpoint``; its value lands in
     ``RunResult.extra``. ``keep``: keep the temporary folder. ``realtime``: the system's
-    ``REALTIME_PRIORITY`` (0: off, as a user starts it)."""
+    ``REALTIME_PRIORITY`` (0: off, as a user starts it); ``latency_slice_us``: its
+    ``LATENCY_SLICE_US`` (None: the configured default)."""
 
     replay: Path
     rate: float = 0.0
@@ -255,6 +255,7 @@ class RunSpec:
     start_timeout_s: float = 90.0
     keep: bool = False
     realtime: int = 0
+    latency_slice_us: int | None = None
 
     def args(self) -> list[str]:
         """The run.py options of this replay."""
@@ -336,7 +337,9 @@ def run_system(spec: RunSpec, say: Callable[[str], None] = lambda s: None) -> Ru
     result.started_ns = time.time_ns()
     system = System(tmp, *spec.args(), strategies=strategies,
                     env={ENV_DIR: str(echo_dir), PROBE_ENV: str(probe_dir),
-                         **({"AMT_REALTIME_PRIORITY": str(spec.realtime)} if spec.realtime else {})})
+                         **({"AMT_REALTIME_PRIORITY": str(spec.realtime)} if spec.realtime else {}),
+                         **({"AMT_LATENCY_SLICE_US": str(spec.latency_slice_us)}
+                            if spec.latency_slice_us is not None else {})})
     cmd = [str(a) for a in system.proc.args]
     result.command = "python3 run.py " + " ".join(_quote(a) for a in cmd[2:])
     procs: dict[str, psutil.Process] = {}

@@ -4,7 +4,7 @@
     python3 benchmarks/bench_system.py --append         # ... and appends it to benchmarks/RESULTS.md
     python3 benchmarks/bench_system.py --smoke          # one short run (tests/test_benchmarks.py)
     python3 benchmarks/bench_system.py --bus-json bus.json   # ratio to bench_bus.py's raw limit
-    python3 benchmarks/bench_system.py --only latency,day    # parts: latency, latency_rt, rate, memory, day
+    python3 benchmarks/bench_system.py --only latency,day    # parts: latency, latency_rt, latency_slice0, rate, memory, day
 
 Every run is the real system as a user starts it (``python3 run.py`` through
 ``tests/system_harness.System``: free ports, a temporary DuckDB file): bus, API server, strategy
@@ -36,6 +36,10 @@ Parts (issue 9, items 2, 3, 5, 7):
    and the strategies under SCHED_FIFO, see config.example.py); skipped, with a row saying so,
    where this process may not set a real-time policy (root or CAP_SYS_NICE). The other parts
    run as a user starts the system (``--realtime P`` runs every part with ``P``).
+1c. ``latency_slice0``: the same runs with ``LATENCY_SLICE_US = 0``: every process on the
+   kernel's default scheduler slice, as before the tick and order path asked for short ones
+   (scripts/scheduling.py), so each run reports that change's before/after from one hour of
+   the machine (``--slice US`` runs every other part with ``US``).
 2. ``rate``: the highest tick rate at which every tick reaches every strategy and DuckDB (zero
    loss) and the system keeps up: the ingestor achieves >= 95 % of the asked rate, the last tick
    reaches every strategy within 1 s and DuckDB within 2 s of the ingestor taking it (DuckDB's
@@ -238,10 +242,17 @@ def keeps_up(a: dict[str, Any], rate: float) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------- parts
-PARTS = ("latency", "latency_rt", "rate", "memory", "day")
+PARTS = ("latency", "latency_rt", "latency_slice0", "rate", "memory", "day")
+PART_HEADLINES = {"latency_rt": " (real-time)", "latency_slice0": " (kernel's default slice)"}
 RT_PRIORITY = 10
 """REALTIME_PRIORITY of the ``latency_rt`` part (any 1-98 gives the same order here: nothing else
 on the machine runs real-time)."""
+
+
+def _scheduling(realtime: int, slice_us: int | None) -> str:
+    """How a run's tick path was scheduled, for its rows ("" for the configured default)."""
+    return (f", REALTIME_PRIORITY = {realtime}" if realtime else "") + \
+        (f", LATENCY_SLICE_US = {slice_us}" if slice_us is not None else "")
 
 
 def can_use_realtime() -> bool:
@@ -258,27 +269,30 @@ class Parts:
         self.bench, self.args = bench, args
         self.keys = tick_files_keys(DAY)
         self.rated: dict[float, dict[str, Any]] = {}
-        self._rated_rt: dict[float, dict[str, Any]] = {}
+        self._rated_other: dict[tuple[int, int | None], dict[float, dict[str, Any]]] = {}
 
-    def rated_run(self, rate: float, signal_rate: float = 10.0, realtime: int | None = None) -> dict[str, Any]:
+    def rated_run(self, rate: float, signal_rate: float = 10.0, realtime: int | None = None,
+                  slice_us: int | None = None) -> dict[str, Any]:
         """One run of the real day's first ``rate * (warm + window)`` ticks at ``rate`` ticks/s, all
         1,381 contracts subscribed; each strategy emits about ``signal_rate`` signals a second;
-        ``realtime``: the system's REALTIME_PRIORITY (None: ``--realtime``)."""
+        ``realtime``: the system's REALTIME_PRIORITY (None: ``--realtime``); ``slice_us``: its
+        LATENCY_SLICE_US (None: ``--slice``)."""
         a = self.args
         realtime = a.realtime if realtime is None else realtime
-        runs = self.rated if realtime == a.realtime else self._rated_rt
+        slice_us = a.slice if slice_us is None else slice_us
+        runs = self.rated if (realtime, slice_us) == (a.realtime, a.slice) else \
+            self._rated_other.setdefault((realtime, slice_us), {})
         if rate not in runs:
-            runs[rate] = self._rated_run(rate, signal_rate, realtime)
+            runs[rate] = self._rated_run(rate, signal_rate, realtime, slice_us)
         return runs[rate]
 
-    def _rated_run(self, rate: float, signal_rate: float, realtime: int) -> dict[str, Any]:
+    def _rated_run(self, rate: float, signal_rate: float, realtime: int, slice_us: int | None) -> dict[str, Any]:
         a = self.args
         n = int(rate * (a.warm + a.window))
         every = max(100, int(rate / signal_rate))
-        log(f"rate {rate:,.0f} ticks/s: {n:,} ticks, signal every {every} ticks"
-            + (f", REALTIME_PRIORITY {realtime}" if realtime else ""))
+        log(f"rate {rate:,.0f} ticks/s: {n:,} ticks, signal every {every} ticks" + _scheduling(realtime, slice_us))
         spec = RunSpec(DAY, rate=rate, limit=n, subscribe=self.keys, signal_every=every,
-                       timeout_s=a.window * 6 + 60, keep=a.keep, realtime=realtime)
+                       timeout_s=a.window * 6 + 60, keep=a.keep, realtime=realtime, latency_slice_us=slice_us)
         res = analyse(run_system(spec, log), a.warm, rate=rate)
         res["rate"], res["signal_every"] = rate, every
         res["keeps_up"], res["why_not"] = keeps_up(res, rate)
@@ -287,18 +301,19 @@ class Parts:
         return res
 
     # part 3 of the issue: latency
-    def latency(self, realtime: int | None = None) -> None:
+    def latency(self, realtime: int | None = None, slice_us: int | None = None, part: str = "latency") -> None:
         b = self.bench
         out = {}
         priority = self.args.realtime if realtime is None else realtime
+        how = _scheduling(priority, self.args.slice if slice_us is None else slice_us)
         for rate in self.args.latency_rates:
-            r = self.rated_run(rate, realtime=realtime)
+            r = self.rated_run(rate, realtime=realtime, slice_us=slice_us)
             out[str(int(rate))] = r
-            tag = f"{rate / 1000:g} k ticks/s" + (f", REALTIME_PRIORITY = {priority}" if priority else "")
+            tag = f"{rate / 1000:g} k ticks/s" + how
             b.row(f"latency at {tag}: tick taken by the ingestor -> strategy `on_tick` (steady state)",
                   fmt_us(r.get("tick_to_strategy_us")))
             b.row(f"latency at {tag}: the same, first {self.args.warm:g} s (strategies' warm start)",
-                  fmt_us(r.get("tick_to_strategy_warmup_us")) + f"; warm start took "
+                  fmt_us(r.get("tick_to_strategy_warmup_us")) + "; warm start took "
                   + ", ".join(f"{v} ms" for v in r.get("warm_start_ms", {}).values() if v is not None))
             b.row(f"latency at {tag}: tick due by the replay's schedule -> taken by the ingestor "
                   f"(up to 2 ms early: ticks due within a sleep quantum go together)",
@@ -318,10 +333,10 @@ class Parts:
                 b.check(f"every signal reached the bus and the WebSocket client at {tag}",
                         s["emitted"] == s["on_bus"] == s["at_ws"],
                         f"{s['emitted']} emitted, {s['on_bus']} on the bus, {s['at_ws']} at the client")
-        self.bench.data["latency_rt" if realtime else "latency"] = out
+        self.bench.data[part] = out
         ten = out.get("10000", {}).get("tick_to_strategy_us")
         if ten:
-            b.headline("p99 tick -> strategy at 10 k ticks/s" + (" (real-time)" if priority else ""),
+            b.headline("p99 tick -> strategy at 10 k ticks/s" + PART_HEADLINES.get(part, ""),
                        ten["p99"], "us", f"{ten['p99']:,.0f} us")
 
     def latency_rt(self) -> None:
@@ -330,7 +345,12 @@ class Parts:
         if not can_use_realtime():
             self.bench.row("latency with REALTIME_PRIORITY", "not measured: needs root or CAP_SYS_NICE")
             return
-        self.latency(realtime=RT_PRIORITY)
+        self.latency(realtime=RT_PRIORITY, part="latency_rt")
+
+    def latency_slice0(self) -> None:
+        """The latency part again with LATENCY_SLICE_US = 0 (every process on the kernel's default
+        slice, as before 2026-12-06): the short slice's before/after within one run."""
+        self.latency(slice_us=0, part="latency_slice0")
 
     # part 2 of the issue: the highest zero-loss rate
     def rate(self) -> None:
@@ -648,7 +668,8 @@ def targets(bench: common.Bench) -> None:
                      f"({best:,.0f}/s)" + (f"; >= half the raw bus limit: **{'met' if ratio >= 0.5 else 'missed'}** "
                                            f"({ratio:.1%})" if ratio is not None else "; raw bus ratio not measured "
                                            "(no --bus-json)"))
-    for part, how in (("latency", ""), ("latency_rt", f" with REALTIME_PRIORITY = {RT_PRIORITY}")):
+    for part, how in (("latency", ""), ("latency_slice0", " with LATENCY_SLICE_US = 0 (the kernel's default slice)"),
+                      ("latency_rt", f" with REALTIME_PRIORITY = {RT_PRIORITY}")):
         lat = (d.get(part) or {}).get("10000", {}).get("tick_to_strategy_us")
         if lat:
             lines.append(f"- p99 tick -> strategy < 1 ms at 10 k/s{how}: "
@@ -711,6 +732,9 @@ def main() -> int:
     ap.add_argument("--day-db-timeout", type=float, default=300, metavar="S",
                     help="... but wait for DuckDB to hold the whole day up to this long after its first tick")
     ap.add_argument("--keep", action="store_true", help="keep each run's temporary folder (logs, DuckDB)")
+    ap.add_argument("--slice", type=int, default=None, metavar="US",
+                    help="run the system with LATENCY_SLICE_US = US (0: the kernel's default slice); "
+                         "default: the configured value")
     ap.add_argument("--realtime", type=int, default=0, metavar="P",
                     help="run the system with REALTIME_PRIORITY = P (SCHED_FIFO for the bus, the feed and "
                          "the strategies; needs root or CAP_SYS_NICE); default 0, as a user starts it")

@@ -14,13 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zmq  # noqa: E402
 
 from trading_core import bus, logs, settings as settings_mod  # noqa: E402
-from scripts import service  # noqa: E402
+from scripts import scheduling, service  # noqa: E402
 
 
 def main() -> int:
     settings = settings_mod.load()
     log = logs.setup("bus", settings.log_dir, [settings.access_token])
-    service.use_realtime_priority(settings.realtime_priority, log)
+    scheduling.use_tick_path_priority(settings, log)
     ctx = zmq.Context.instance()
     service.die_with_parent()
     # The proxy holds no state: on SIGTERM just leave (pyzmq re-raises from the blocking call).

@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 import msgspec  # noqa: E402
 
-from scripts import service  # noqa: E402
+from scripts import scheduling, service  # noqa: E402
 from trading_core import logs, messages as m, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient, now_ms  # noqa: E402
 from trading_core.execution_client import (ExecutionClient, PaperExecutionClient,  # noqa: E402
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     settings = settings_mod.load()
     log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
+    scheduling.use_latency_slice(settings.latency_slice_us, log)     # the order path: never REALTIME
     service.die_with_parent()
     stopping = service.stop_on_signals(lambda: None)
     paper = paper_config(settings)

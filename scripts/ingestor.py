@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_handling.candles import CandleBuilder  # noqa: E402
 from data_handling.upstox_instruments import UpstoxConfigError  # noqa: E402  (no SDK import)
 from scripts.profiles import ProfileFeed  # noqa: E402
-from scripts import service  # noqa: E402
+from scripts import scheduling, service  # noqa: E402
 from scripts.latency_probe import LatencyProbe  # noqa: E402
 from trading_core import logs, messages as m, persistence, settings as settings_mod  # noqa: E402
 from trading_core.bus import BusClient  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_mod.load()
     log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
     service.die_with_parent()
-    service.use_realtime_priority(settings.realtime_priority, log)
+    scheduling.use_tick_path_priority(settings, log)
     stopping = service.stop_on_signals(lambda: None)
     feed = choose_feed(args, settings)
     counters = Counters()

@@ -51,7 +51,7 @@ import pyarrow as pa  # noqa: E402
 
 from trading_core import audit, logs, persistence, query as query_mod, query_server  # noqa: E402
 from trading_core import settings as settings_mod, views  # noqa: E402
-from scripts import service  # noqa: E402
+from scripts import scheduling  # noqa: E402
 
 SERVICE = "recorder"
 SCRIPT = Path(__file__).resolve()
@@ -60,15 +60,9 @@ STATS_EVERY_S = 0.25
 PIPE_BYTES = 1 << 20
 """Capacity asked for the ingestor -> recorder pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
 ``/proc/sys/fs/pipe-max-size``). At the default 64 KiB a 100 ms hand-over at 10,000 ticks/s
-(about 90 KB of Arrow) did not fit, so each one blocked the feed until the recorder, at nice 10,
+(about 90 KB of Arrow) did not fit, so each one blocked the feed until the recorder (then at nice 10)
 had read it: 0.4 ms at the median and up to 15-70 ms, the largest part of how late the feed
 sent ticks against the replay's schedule (benchmarks/RESULTS.md, issue 9). 1 MiB holds about a second of hand-overs at that rate."""
-NICE = 10
-"""The recorder's niceness: recording is throughput work with a bounded pipe to hold the feed
-back, so on a busy machine the scheduler should run the feed, bus and strategies first. At
-10,000 ticks/s on 2 cores, p99 tick -> strategy was 3.0-4.4 ms at nice 19 against 4.2-5.0 ms at
-0; asked for 80,000 ticks/s, the ingestor reached 71,339/s at nice 10 and 62,039/s at 0
-(benchmarks/RESULTS.md, 2026-12-03)."""
 
 
 class RecorderError(RuntimeError):
@@ -288,11 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    service.use_normal_priority()      # the feed may run real-time (REALTIME_PRIORITY); recording never
-    os.nice(NICE)
     rx, tx = Connection(args.fd_in, writable=False), Connection(args.fd_out, readable=False)
     settings = settings_mod.load()
     log = logs.setup(SERVICE, settings.log_dir, [settings.access_token])
+    scheduling.use_background_priority(log)     # before DuckDB starts its threads
     try:
         if rx.recv_bytes() != b"O":                 # the ingestor's start-up is done with the file
             log.error("recorder: the ingestor sent something before opening")

@@ -34,32 +34,6 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def use_realtime_priority(priority: int, log) -> bool:
-    """Run this process (and every thread it starts from now on) under ``SCHED_FIFO`` at
-    ``priority`` (``REALTIME_PRIORITY``, 1-98; 0 does nothing and returns False). Call it before
-    the process creates threads (a ZeroMQ context, polars): threads inherit the policy of the
-    thread that starts them. Without the right (root or ``CAP_SYS_NICE``) or where Linux's
-    scheduler calls are missing, logs one line and returns False: the process runs on at normal
-    priority. See ``REALTIME_PRIORITY`` in config.example.py for why and the cost."""
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (AttributeError, OSError) as exc:      # PermissionError without the right
-        log.warning("REALTIME_PRIORITY=%d not applied (%s): needs root or CAP_SYS_NICE; running at "
-                    "normal priority", priority, getattr(exc, "strerror", None) or exc)
-        return False
-    log.info("running under SCHED_FIFO priority %d (REALTIME_PRIORITY)", priority)
-    return True
-
-
-def use_normal_priority() -> None:
-    """Leave a real-time policy inherited from the parent (``use_realtime_priority``) for the
-    normal time-sharing one, e.g. in a throughput process the feed process starts."""
-    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-
-
 def stop_on_signals(on_stop: Callable[[], None]) -> threading.Event:
     """Call ``on_stop`` once on SIGTERM or SIGINT; return an Event set at that moment."""
     stopping = threading.Event()

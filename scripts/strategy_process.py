@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import service  # noqa: E402
+from scripts import scheduling, service  # noqa: E402
 from strategy import registry  # noqa: E402
 from strategy.runner import StrategyRunner  # noqa: E402
 from trading_core import logs, messages as m, settings as settings_mod  # noqa: E402
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     settings = settings_mod.load()
     log = logs.setup(f"strategy.{name}", settings.log_dir, [settings.access_token])
-    service.use_realtime_priority(settings.realtime_priority, log)
+    scheduling.use_tick_path_priority(settings, log)
     service.die_with_parent()
     stopping = service.stop_on_signals(lambda: None)
     try:

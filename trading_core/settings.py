@@ -28,6 +28,7 @@ ENV = {
     "query_timeout_s": "AMT_QUERY_TIMEOUT_S",
     "query_max_rows": "AMT_QUERY_MAX_ROWS",
     "realtime_priority": "AMT_REALTIME_PRIORITY",
+    "latency_slice_us": "AMT_LATENCY_SLICE_US",
     "access_token": "UPSTOX_ACCESS_TOKEN",
     "upstox_base_url": "UPSTOX_BASE_URL",
     "upstox_order_base_url": "UPSTOX_ORDER_BASE_URL",
@@ -74,6 +75,7 @@ class Settings:
     query_timeout_s: float = 30.0
     query_max_rows: int = 1_000_000
     realtime_priority: int = 0                            # SCHED_FIFO priority of the tick path; 0 = off
+    latency_slice_us: int = 100                           # scheduler slice of the tick and order path; 0 = kernel's
     # Risk guard, paper execution and live orders (trading_core/risk.py, paper.py,
     # execution_client.py; validated by _execution_settings). Money in rupees, times HH:MM IST.
     capital: float = 1_000_000.0
@@ -174,6 +176,7 @@ def load(config_file: str | Path | None = None) -> Settings:
         sim_seed=seed,
         config_file=path,
         realtime_priority=_realtime_priority(path.name, get),
+        latency_slice_us=_latency_slice(path.name, get),
         **_query_settings(path.name, get),
         **_execution_settings(path.name, get, base_url),
     )
@@ -189,6 +192,20 @@ def _realtime_priority(name: str, get) -> int:
     if not 0 <= priority <= 98:
         raise ValueError(f"{name}: REALTIME_PRIORITY must be 0 (off) or a SCHED_FIFO priority 1-98, got {raw!r}")
     return priority
+
+
+def _latency_slice(name: str, get) -> int:
+    """LATENCY_SLICE_US: 0 (the kernel's default slice) or 100-100,000 microseconds (the range
+    Linux accepts); raises ``ValueError`` naming it."""
+    raw = get("latency_slice_us", 100)
+    try:
+        slice_us = int(raw)
+    except (TypeError, ValueError):
+        slice_us = -1
+    if slice_us != 0 and not 100 <= slice_us <= 100_000:
+        raise ValueError(f"{name}: LATENCY_SLICE_US must be 0 (the kernel's default) or 100-100000 "
+                         f"microseconds, got {raw!r}")
+    return slice_us
 
 
 def _query_settings(name: str, get) -> dict:
