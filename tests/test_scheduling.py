@@ -7,6 +7,7 @@ need it are skipped elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -168,7 +169,14 @@ def test_background_priority_covers_every_thread_and_drops_an_inherited_slice():
 
 
 # --- the whole system ------------------------------------------------------------------------------
-def _service_pids(system: System) -> dict[str, int]:
+@contextlib.contextmanager
+def running_system(tmp_path, env: dict[str, str]):
+    """``run.py`` on the simulator with one strategy, under ``env``; yields the pid of every
+    service (``bus``, ``api``, ``strategy_manager``, ``execution``, ``strategy``, ``ingestor``,
+    ``recorder``, ``supervisor``) once all run, and stops it cleanly afterwards."""
+    strategies = write_strategies(tmp_path / "strategies.json", [("ib_nifty", "NSE_INDEX|Nifty 50")])
+    system = System(tmp_path, "--speed", "1", "--feed", "sim", strategies=strategies, env=env)
+
     def pids(h):
         s = h.get("strategy_manager", {}).get("details", {}).get("strategies", {})
         ing = h.get("ingestor", {})
@@ -179,20 +187,20 @@ def _service_pids(system: System) -> dict[str, int]:
                     **{n: h[n]["pid"] for n in ("api", "execution", "strategy_manager")}}
         return None
 
-    got = system.wait(pids, 60, "every service running")
-    bus = [p.pid for p in psutil.Process(system.proc.pid).children()
-           if any("scripts/bus.py" in a for a in p.cmdline())]
-    assert len(bus) == 1
-    return {**got, "bus": bus[0], "supervisor": system.proc.pid}
+    try:
+        got = system.wait(pids, 60, "every service running")
+        bus = [p.pid for p in psutil.Process(system.proc.pid).children()
+               if any("scripts/bus.py" in a for a in p.cmdline())]
+        assert len(bus) == 1
+        yield {**got, "bus": bus[0], "supervisor": system.proc.pid}
+        system.terminate(timeout=20)
+    finally:
+        system.close()
 
 
 @needs_slices
 def test_run_py_gives_the_short_slice_to_the_tick_and_order_path_only(tmp_path):
-    strategies = write_strategies(tmp_path / "strategies.json", [("ib_nifty", "NSE_INDEX|Nifty 50")])
-    system = System(tmp_path, "--speed", "1", "--feed", "sim", strategies=strategies,
-                    env={"AMT_LATENCY_SLICE_US": "400"})
-    try:
-        got = _service_pids(system)
+    with running_system(tmp_path, {"AMT_LATENCY_SLICE_US": "400"}) as got:
         slices = {name: scheduling.slice_ns(pid) for name, pid in got.items()}
         assert {name for name, ns in slices.items() if ns == 400_000} == \
             {"bus", "ingestor", "strategy", "execution"}, slices
@@ -201,24 +209,14 @@ def test_run_py_gives_the_short_slice_to_the_tick_and_order_path_only(tmp_path):
         recorder = psutil.Process(got["recorder"])
         assert {(os.sched_getscheduler(t.id), os.getpriority(os.PRIO_PROCESS, t.id), scheduling.slice_ns(t.id))
                 for t in recorder.threads()} == {(os.SCHED_OTHER, 10, default)}
-        system.terminate(timeout=20)
-    finally:
-        system.close()
 
 
 @needs_root
 def test_run_py_puts_only_the_tick_path_under_fifo(tmp_path):
-    strategies = write_strategies(tmp_path / "strategies.json", [("ib_nifty", "NSE_INDEX|Nifty 50")])
-    system = System(tmp_path, "--speed", "1", "--feed", "sim", strategies=strategies,
-                    env={"AMT_REALTIME_PRIORITY": "9"})
-    try:
-        got = _service_pids(system)
+    with running_system(tmp_path, {"AMT_REALTIME_PRIORITY": "9"}) as got:
         policy = {name: os.sched_getscheduler(pid) for name, pid in got.items()}
         fifo = {name for name, p in policy.items() if p == os.SCHED_FIFO}
         assert fifo == {"bus", "ingestor", "strategy"}, policy
         assert os.sched_getparam(got["strategy"]).sched_priority == 9
         assert policy["recorder"] == os.SCHED_OTHER
         assert os.getpriority(os.PRIO_PROCESS, got["recorder"]) == 10
-        system.terminate(timeout=20)
-    finally:
-        system.close()
