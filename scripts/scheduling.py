@@ -95,7 +95,7 @@ def use_latency_slice(slice_us: int, log) -> bool:
         log.info("LATENCY_SLICE_US=%d not applied: Linux %s has no per-task slice (6.12+); running "
                  "with the kernel's default", slice_us, platform.release())
         return False
-    log.info("scheduler slice %d us (LATENCY_SLICE_US): on waking, this process preempts work "
+    log.info("scheduler slice %d us (LATENCY_SLICE_US): on waking, this process may preempt work "
              "with a longer slice", slice_us)
     return True
 
