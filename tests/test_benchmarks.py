@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,20 @@ def test_append_results_creates_then_appends(tmp_path):
     common.append_results("## one\n", path)
     common.append_results("## two", path)
     assert path.read_text() == "# Benchmark results\n\n## one\n\n## two\n"
+
+
+@pytest.mark.parametrize("mode", [[], ["--direct"]])
+def test_bus_latency_floor_delivers_every_tick_with_and_without_the_proxy(mode):
+    """``bus_latency_floor.py`` (run by hand, not by run_all): every subscriber gets every tick (a
+    missing one leaves its stamps incomplete and the script fails on its timeout), and the
+    percentiles it prints are ordered."""
+    proc = subprocess.run([sys.executable, str(BENCH / "bus_latency_floor.py"), "--ticks", "3000", "--rate",
+                           "3000", "--subscribers", "2", *mode], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("bus latency floor, tcp" + (", direct (no proxy)" if mode else ", 3,000 ticks/s"))
+    assert "2 subscriber(s), 3,000 ticks" in line, line
+    p50, p99, p999, top = (float(v.replace(",", "")) for v in
+                           re.findall(r"(?:p50|p99|p99\.9|max) ([\d,]+) us", line))
+    assert 0 < p50 <= p99 <= p999 <= top, line
