@@ -75,11 +75,11 @@ REALTIME_PRIORITY = 0
 # Scheduler slice of the tick and order path, in microseconds [AMT_LATENCY_SLICE_US]: the bus,
 # the ingestor's feed process, every strategy process and execution ask Linux (6.12+) for this
 # slice instead of the default (about 1.4 ms on 2 cores). A waking task with a shorter slice
-# than the running one takes its core at once, so a tick need not wait out the API's or another
-# program's slice; the CPU share of each process is unchanged. No privilege needed; on an older
+# than the running one, and owed CPU time, takes its core at once, so a tick need not wait out
+# the API's or another program's slice; the CPU share of each process is unchanged. No privilege needed; on an older
 # kernel each process says in one line that it runs with the default. 100-100000, or 0 for the
 # kernel's default. The recorder (DuckDB, research SQL) keeps the default slice at nice 10, so a
-# waking tick-path process preempts it (scripts/scheduling.py).
+# waking tick-path process can preempt it (scripts/scheduling.py).
 LATENCY_SLICE_US = 100
 
 # --- Risk guard and execution (scripts/execution.py). Money in rupees, times HH:MM IST. ---------

@@ -16,8 +16,8 @@ before the process starts threads (threads inherit them):
 - :func:`use_realtime_priority` (``REALTIME_PRIORITY``, off by default, needs root or
   ``CAP_SYS_NICE``): the bus, the feed and the strategies under ``SCHED_FIFO``.
 - :func:`use_background_priority`: the recorder (DuckDB writes, the audit trail, research SQL)
-  runs at nice 10 with the kernel's default slice, so a tick-path process that wakes preempts
-  it. When it falls behind, the pipe from the feed fills and holds the feed back (nothing is
+  runs at nice 10 with the kernel's default slice, so a tick-path process that wakes can
+  preempt it. When it falls behind, the pipe from the feed fills and holds the feed back (nothing is
   lost). ``SCHED_IDLE`` was measured too and not adopted: no gain over the short slice, and an
   unprivileged process cannot leave it, so another program's busy loop would starve the
   recorder and through its pipe hold back a live feed.
