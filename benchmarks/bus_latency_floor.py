@@ -8,7 +8,7 @@ tick -> strategy latency cannot go below on this machine.
     python3 benchmarks/bus_latency_floor.py --direct              # no proxy: subscribers connect to the publisher
 
 The publisher paces like a replay (the ticks due within 2 ms sent together, each stamped with
-``time.time_ns()`` when its burst starts) and publishes with ``BusClient.publish``; each
+``time.time_ns()`` when its burst starts) and sends the frames ``BusClient.publish`` sends; each
 subscriber (``BusClient.recv_batch`` + ``messages.decode``) stamps each tick on arrival. Prints
 p50 / p99 / p99.9 / max in microseconds over every subscriber's ticks.
 

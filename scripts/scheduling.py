@@ -54,6 +54,17 @@ def _syscalls() -> tuple[object, int, int] | None:
     return ctypes.CDLL(None, use_errno=True).syscall, *numbers
 
 
+def _set_fair(calls, tid: int, policy: int, nice: int, runtime_ns: int) -> None:
+    """``sched_setattr`` of thread ``tid`` (0: the calling thread) to a fair ``policy`` at
+    ``nice`` with slice ``runtime_ns`` (0: the kernel's default). Raises ``OSError``."""
+    syscall, set_number, _ = calls
+    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=policy, sched_nice=nice,
+                      sched_runtime=runtime_ns)
+    if syscall(set_number, tid, ctypes.byref(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def slice_ns(tid: int = 0) -> int | None:
     """The scheduler slice of thread ``tid`` (0: the calling thread) in nanoseconds: the one it
     asked for, else the kernel's default (about 1.4 ms on 2 cores); 0 under a policy without a
@@ -82,14 +93,13 @@ def use_latency_slice(slice_us: int, log) -> bool:
     if calls is None:
         log.info("LATENCY_SLICE_US=%d not applied: no sched_setattr on %s", slice_us, platform.machine())
         return False
-    if os.sched_getscheduler(0) not in (os.SCHED_OTHER, os.SCHED_BATCH):
+    policy = os.sched_getscheduler(0)
+    if policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
         return False                              # REALTIME_PRIORITY took precedence
-    syscall, set_number, _ = calls
-    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=os.sched_getscheduler(0),
-                      sched_nice=os.getpriority(os.PRIO_PROCESS, 0), sched_runtime=slice_us * 1000)
-    if syscall(set_number, 0, ctypes.byref(attr), 0) != 0:
-        log.warning("LATENCY_SLICE_US=%d not applied: sched_setattr failed (%s)", slice_us,
-                    os.strerror(ctypes.get_errno()))
+    try:
+        _set_fair(calls, 0, policy, os.getpriority(os.PRIO_PROCESS, 0), slice_us * 1000)
+    except OSError as exc:
+        log.warning("LATENCY_SLICE_US=%d not applied: sched_setattr failed (%s)", slice_us, exc.strerror)
         return False
     if slice_ns() != slice_us * 1000:
         log.info("LATENCY_SLICE_US=%d not applied: Linux %s has no per-task slice (6.12+); running "
@@ -139,12 +149,7 @@ def use_background_priority(log) -> bool:
         for tid in _threads():
             try:
                 if calls is not None:
-                    syscall, set_number, _ = calls
-                    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=os.SCHED_OTHER,
-                                      sched_nice=BACKGROUND_NICE)
-                    if syscall(set_number, tid, ctypes.byref(attr), 0) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, os.strerror(err))
+                    _set_fair(calls, tid, os.SCHED_OTHER, BACKGROUND_NICE, 0)
                 else:
                     if hasattr(os, "SCHED_OTHER") and os.sched_getscheduler(tid) != os.SCHED_OTHER:
                         os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
